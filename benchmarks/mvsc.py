@@ -1,0 +1,164 @@
+"""MVSC cost against the Baseline on the same SegModel: inference parameters and FLOPs, training-step time.
+
+The centroids are training-only, so the inference graph must be the Baseline's (params and FLOPs ratio 1.00); the
+training step adds the random grouping, L_fca, L_cos and the centroids through the classifier (target <= 1.05x).
+Timings alternate the two models (ABAB) and report medians of single-threaded CPU time (one AdamW step included).
+Also times the vectorised `grouped_class_means` against a loop over classes.
+
+    python benchmarks/mvsc.py --size 256 --classes 150 --batch 2 --repeats 7
+
+Prints a JSON object and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from segcentroids.methods import MVSC, Baseline
+from segcentroids.models import SegModel
+from segcentroids.ops.grouping import downsample_labels, grouped_class_means, random_class_groups
+
+
+def inference_params(model: Baseline, images: torch.Tensor) -> int:
+    """Parameters the eval forward uses (those that receive a gradient from its output)."""
+    model.eval().zero_grad(set_to_none=True)
+    model(images).sum().backward()
+    used = sum(p.numel() for p in model.parameters() if p.grad is not None)
+    model.zero_grad(set_to_none=True)
+    return used
+
+
+def inference_flops(model: Baseline, images: torch.Tensor) -> int:
+    model.eval().requires_grad_(False)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(images)
+    model.requires_grad_(True)
+    return counter.get_total_flops()
+
+
+def train_step(model: Baseline, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor) -> None:
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    _, losses = model.training_outputs(images, labels)
+    sum(model.loss_weights.get(name, 1.0) * value for name, value in losses.items()).backward()
+    optimizer.step()
+
+
+def abab(first: Callable[[], None], second: Callable[[], None], repeats: int) -> tuple[float, float]:
+    """Median CPU seconds of `first` and `second`, run alternately after one untimed warm-up each.
+
+    Process time of one thread, not wall time: on a shared machine it does not count the time other jobs hold the core.
+    """
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, bucket in ((first, times[0]), (second, times[1])):
+            start = time.process_time()
+            fn()
+            bucket.append(time.process_time() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def blob_labels(batch: int, size: int, classes: int, seed: int = 0) -> torch.Tensor:
+    """Labels made of 16x16-pixel blocks of random classes, with some ignore."""
+    generator = torch.Generator().manual_seed(seed)
+    cells = torch.randint(0, classes, (batch, size // 16, size // 16), generator=generator)
+    labels = cells.repeat_interleave(16, 1).repeat_interleave(16, 2)
+    labels[:, : size // 16] = 255
+    return labels
+
+
+def compare(name: str, make_segmodel: Callable[[], SegModel], size: int, classes: int, batch: int,
+            repeats: int) -> dict:
+    torch.manual_seed(0)
+    segmodel = make_segmodel()
+    baseline = Baseline(segmodel=segmodel, num_classes=classes)
+    mvsc = MVSC(segmodel=make_segmodel(), num_classes=classes)
+    mvsc.load_state_dict(baseline.state_dict(), strict=False)  # same weights: only the centroids are new
+    images = torch.randn(batch, 3, size, size)
+    labels = blob_labels(batch, size, classes)
+    one = images[:1]
+    params = (sum(p.numel() for p in baseline.parameters()), sum(p.numel() for p in mvsc.parameters()))
+    used = (inference_params(baseline, one), inference_params(mvsc, one))
+    flops = (inference_flops(baseline, one), inference_flops(mvsc, one))
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-5) for m in (baseline, mvsc)]
+    train = abab(lambda: train_step(baseline, optimizers[0], images, labels),
+                 lambda: train_step(mvsc, optimizers[1], images, labels), repeats)
+    return {
+        "pair": name, "size": size, "classes": classes, "groups": mvsc.groups, "dim": segmodel.out_channels,
+        "train_batch": batch,
+        "inference_params_M": [round(p / 1e6, 4) for p in used], "inference_params_ratio": round(used[1] / used[0], 4),
+        "train_params_M": [round(p / 1e6, 4) for p in params], "train_params_ratio": round(params[1] / params[0], 4),
+        "gflops": [round(f / 1e9, 3) for f in flops], "flops_ratio": round(flops[1] / flops[0], 4),
+        "train_step_ms": [round(t * 1e3, 1) for t in train], "train_step_ratio": round(train[1] / train[0], 3),
+    }
+
+
+def loop_class_means(features: torch.Tensor, labels: torch.Tensor, group: torch.Tensor, groups: int,
+                     classes: int) -> torch.Tensor:
+    """Reference: one masked mean per (class, group), looping over classes."""
+    flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    labels, group = labels.reshape(-1), group.reshape(-1)
+    means = flat.new_zeros(groups, classes, flat.shape[1])
+    for k in range(classes):
+        in_class = labels == k
+        if in_class.any():
+            for g in range(groups):
+                selected = in_class & (group == g)
+                means[g, k] = flat[selected].mean(0) if selected.any() else flat[in_class].mean(0)
+    return means
+
+
+def grouping_timing(batch: int, dim: int, size: int, classes: int, groups: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    features = torch.randn(batch, dim, size // 4, size // 4)
+    labels = downsample_labels(blob_labels(batch, size, classes), (size // 4, size // 4))
+    ours, _ = grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes)
+    group = random_class_groups(labels, groups, classes, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ours, loop_class_means(features, labels, group, groups, classes))
+    vectorised, loop = abab(
+        lambda: grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes),
+        lambda: loop_class_means(features, labels, group, groups, classes), repeats)
+    return {"op": "grouped_class_means", "features": list(features.shape), "classes": classes, "groups": groups,
+            "vectorised_ms": round(vectorised * 1e3, 2), "loop_ms": round(loop * 1e3, 2),
+            "speedup": round(loop / vectorised, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=256, help="square input size")
+    parser.add_argument("--classes", type=int, default=150, help="K (ADE20K: 150, COCO-Stuff: 171)")
+    parser.add_argument("--batch", type=int, default=2, help="training batch")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    k = args.classes
+    records = [
+        compare("SegFormer mit_b0", lambda: SegModel(arch="segformer", encoder_name="mit_b0", encoder_weights=None,
+                                                     decoder_channels=256), args.size, k, args.batch, args.repeats),
+        compare("FPN resnet18", lambda: SegModel(arch="fpn", encoder_name="resnet18", encoder_weights=None,
+                                                 decoder_channels=128), args.size, k, args.batch, args.repeats),
+    ]
+    grouping = grouping_timing(8, 256, 512, 171, 4, args.repeats)
+    print(json.dumps({"models": records, "grouping": grouping}, indent=2))
+    print("\n| pair | inference params (M) base / MVSC | ratio | GFLOPs base / MVSC | ratio | train params (M) "
+          "| train step (ms) base / MVSC | ratio |")
+    print("| --- | --- | ---: | --- | ---: | --- | --- | ---: |")
+    for r in records:
+        print(f"| {r['pair']} | {r['inference_params_M'][0]} / {r['inference_params_M'][1]} | "
+              f"{r['inference_params_ratio']:.2f} | {r['gflops'][0]} / {r['gflops'][1]} | {r['flops_ratio']:.2f} | "
+              f"{r['train_params_M'][0]} / {r['train_params_M'][1]} | {r['train_step_ms'][0]} / "
+              f"{r['train_step_ms'][1]} | {r['train_step_ratio']} |")
+    print(f"\ngrouped_class_means ({grouping['features']}, K={grouping['classes']}, G={grouping['groups']}): "
+          f"{grouping['vectorised_ms']} ms vs loop over classes {grouping['loop_ms']} ms ({grouping['speedup']}x)")
+
+
+if __name__ == "__main__":
+    main()

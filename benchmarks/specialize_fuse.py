@@ -1,0 +1,184 @@
+"""Specialize and Fuse cost against the Baseline on the same SegModel, and pyramid targets against a per-cell loop.
+
+Baseline = SegModel + dropout + 1x1 classifier. SpecializeFuse = the same SegModel + unity head + semantic pyramid
+head (coarse-to-fine context), L = 4 levels. Parameters and FLOPs are those of the inference graph (fused inference
+runs both heads). Timings alternate the two models (ABAB) and report medians, single-threaded on CPU unless
+`--device cuda`. The pyramid targets (max/min pooling over cells, ours) are checked equal to a straightforward
+per-cell Python loop and timed against it.
+
+    python benchmarks/specialize_fuse.py --arch fpn --encoder resnet50 --decoder-channels 256 --size 256 \
+        --semantic-channels 256 --classes 150 --repeats 5
+
+Prints a JSON object and a Markdown table. Targets (issue 5): training step <= 1.3x, inference <= 1.15x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from segcentroids.methods import Baseline, SpecializeFuse
+from segcentroids.models import SegModel
+from segcentroids.ops import pyramid_targets
+
+
+def loop_pyramid_targets(labels: torch.Tensor, strides: list[int], ignore: int = 255):
+    """Per-cell loop: the rules of METHODS.md section 2 written one cell at a time."""
+    semantic, unity = [], []
+    b, h, w = labels.shape
+    cpu = labels.cpu()
+    for s in strides:
+        sem = torch.full((b, h // s, w // s), ignore, dtype=torch.long)
+        uni = torch.full((b, h // s, w // s), ignore, dtype=torch.long)
+        for n in range(b):
+            for i in range(h // s):
+                for j in range(w // s):
+                    cell = cpu[n, i * s : (i + 1) * s, j * s : (j + 1) * s]
+                    values = cell[cell != ignore].unique()
+                    if len(values) == 1:
+                        sem[n, i, j] = values[0]
+                    if len(values) > 1:
+                        uni[n, i, j] = 0
+                    elif not (cell == ignore).any():
+                        uni[n, i, j] = 1
+        semantic.append(sem)
+        unity.append(uni)
+    return semantic, unity
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters of the inference graph (the auxiliary head is training-only)."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("aux_head"))
+
+
+def inference_flops(model: Baseline, images: torch.Tensor) -> int:
+    model.eval().requires_grad_(False)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(images)
+    model.requires_grad_(True)
+    return counter.get_total_flops()
+
+
+def train_step(model: Baseline, images: torch.Tensor, labels: torch.Tensor) -> None:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    _, losses = model.training_outputs(images, labels)
+    sum(model.loss_weights.get(name, 1.0) * value for name, value in losses.items()).backward()
+
+
+def infer(model: Baseline, images: torch.Tensor) -> None:
+    model.eval()
+    with torch.no_grad():
+        model(images)
+
+
+def timed(fn: Callable[[], None], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def abab(first: Callable[[], None], second: Callable[[], None], repeats: int, device: str) -> tuple[float, float]:
+    """Median seconds of `first` and `second`, run alternately after one untimed warm-up each."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        times[0].append(timed(first, device))
+        times[1].append(timed(second, device))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def blocky_labels(batch: int, size: int, classes: int, generator: torch.Generator) -> torch.Tensor:
+    """Scene-like labels: 16x16-pixel blocks of random classes, a few pixels changed, a few ignored."""
+    labels = torch.randint(0, classes, (batch, size // 16, size // 16), generator=generator)
+    labels = labels.repeat_interleave(16, -1).repeat_interleave(16, -2)
+    noise = torch.rand(labels.shape, generator=generator)
+    labels[noise < 0.02] = 255
+    labels[noise > 0.98] = 0
+    return labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="fpn")
+    parser.add_argument("--encoder", default="resnet50")
+    parser.add_argument("--decoder-channels", type=int, default=256)
+    parser.add_argument("--semantic-channels", type=int, default=256, help="D_s (512 in the paper)")
+    parser.add_argument("--unity-channels", type=int, default=64, help="D_u")
+    parser.add_argument("--context", default="coarse_to_fine")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--target-size", type=int, default=512, help="label size for the targets benchmark")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    device = args.device
+
+    def segmodel() -> SegModel:
+        torch.manual_seed(0)
+        return SegModel(args.arch, args.encoder, encoder_weights=None, decoder_channels=args.decoder_channels)
+
+    baseline = Baseline(segmodel=segmodel(), num_classes=args.classes).to(device)
+    method = SpecializeFuse(
+        segmodel=segmodel(), num_classes=args.classes, semantic_channels=args.semantic_channels,
+        unity_channels=args.unity_channels, context=args.context,
+    ).to(device)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch, 3, args.size, args.size, generator=generator).to(device)
+    labels = blocky_labels(args.batch, args.size, args.classes, generator).to(device)
+
+    params = (count_params(baseline), count_params(method))
+    flops = (inference_flops(baseline, images[:1]), inference_flops(method, images[:1]))
+    train = abab(lambda: train_step(baseline, images, labels), lambda: train_step(method, images, labels),
+                 args.repeats, device)
+    inference = abab(lambda: infer(baseline, images), lambda: infer(method, images), args.repeats, device)
+
+    target_labels = blocky_labels(2, args.target_size, args.classes, generator)
+    strides = [32, 16, 8, 4]
+    fast = pyramid_targets(target_labels, strides)
+    slow = loop_pyramid_targets(target_labels, strides)
+    same = all(torch.equal(a, b) for a, b in zip(fast[0] + fast[1], slow[0] + slow[1]))
+    loop_s, vector_s = abab(lambda: loop_pyramid_targets(target_labels, strides),
+                            lambda: pyramid_targets(target_labels, strides), max(1, args.repeats // 2), "cpu")
+
+    record = {
+        "setting": {k: v for k, v in vars(args).items()},
+        "params": {"baseline": params[0], "specialize_fuse": params[1], "ratio": round(params[1] / params[0], 3)},
+        "inference_gflops": {"baseline": round(flops[0] / 1e9, 2), "specialize_fuse": round(flops[1] / 1e9, 2),
+                             "ratio": round(flops[1] / flops[0], 3)},
+        "train_step_s": {"baseline": round(train[0], 4), "specialize_fuse": round(train[1], 4),
+                         "ratio": round(train[1] / train[0], 3)},
+        "inference_s": {"baseline": round(inference[0], 4), "specialize_fuse": round(inference[1], 4),
+                        "ratio": round(inference[1] / inference[0], 3)},
+        "pyramid_targets": {"labels": [2, args.target_size, args.target_size], "same_result": same,
+                            "loop_s": round(loop_s, 4), "vectorised_s": round(vector_s, 5),
+                            "speedup": round(loop_s / vector_s, 1)},
+    }
+    print(json.dumps(record, indent=2))
+    print("\n| quantity | Baseline | SpecializeFuse | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    for key, label in (("params", "parameters"), ("inference_gflops", "inference GFLOPs (1 image)"),
+                       ("train_step_s", "training step (s)"), ("inference_s", "inference (s)")):
+        r = record[key]
+        print(f"| {label} | {r['baseline']} | {r['specialize_fuse']} | {r['ratio']:.3f}x |")
+    t = record["pyramid_targets"]
+    print(f"\npyramid_targets on {t['labels']}: loop {t['loop_s']} s, vectorised {t['vectorised_s']} s "
+          f"({t['speedup']}x), same result: {t['same_result']}")
+
+
+if __name__ == "__main__":
+    main()

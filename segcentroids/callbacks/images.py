@@ -1,0 +1,85 @@
+"""Validation images to TensorBoard (input | ground truth | prediction) and colourisation helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Distinct colours by the PASCAL VOC bit-interleaving rule."""
+    palette = []
+    for index in range(num_classes):
+        r = g = b = 0
+        c = index + 1
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+    """RGB uint8 image `[H, W, 3]` of a label map; ignore pixels are black."""
+    table = np.zeros((max(256, len(palette)), 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    table[ignore_index] = 0
+    return table[labels.astype(np.int64)]
+
+
+def denormalize(image: Tensor) -> np.ndarray:
+    """ImageNet-normalised `[3, H, W]` tensor -> uint8 `[H, W, 3]`."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
+    rgb = ((image.float() * std + mean).clamp(0, 1) * 255).round().byte()
+    return rgb.permute(1, 2, 0).cpu().numpy()
+
+
+def palette_of(trainer: L.Trainer, num_classes: int) -> list[tuple[int, int, int]]:
+    """The DataModule's palette, or a default one."""
+    palette = getattr(trainer.datamodule, "palette", None) if trainer.datamodule is not None else None
+    return list(palette) if palette else default_palette(num_classes)
+
+
+class ValidationImageLogger(L.Callback):
+    """Logs the first `num_images` validation images of each epoch as input | ground truth | prediction."""
+
+    def __init__(self, num_images: int = 4) -> None:
+        self.num_images = num_images
+        self._panels: list[np.ndarray] = []
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._panels = []
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking or len(self._panels) >= self.num_images or not isinstance(outputs, dict):
+            return
+        palette = palette_of(trainer, pl_module.num_classes)
+        ignore = getattr(pl_module, "ignore_index", 255)
+        for image, label, pred in zip(batch["image"], batch["mask"], outputs["preds"]):
+            if len(self._panels) >= self.num_images:
+                break
+            label_np, pred_np = label.cpu().numpy(), pred.cpu().numpy()
+            rgb = denormalize(image)
+            if rgb.shape[:2] != label_np.shape:
+                rgb = cv2.resize(rgb, (label_np.shape[1], label_np.shape[0]), interpolation=cv2.INTER_LINEAR)
+            panel = np.concatenate([rgb, colorize(label_np, palette, ignore), colorize(pred_np, palette, ignore)], 1)
+            self._panels.append(panel)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        experiment = getattr(trainer.logger, "experiment", None)
+        if not self._panels or not hasattr(experiment, "add_image") or not trainer.is_global_zero:
+            return
+        for index, panel in enumerate(self._panels):
+            experiment.add_image(f"val/images/{index}", panel, trainer.global_step, dataformats="HWC")

@@ -1,0 +1,80 @@
+"""ADE20K (SceneParsing / ADEChallengeData2016): 150 classes, stored 0 ("other") is ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segcentroids.data.base import FilePair, SegDataModule, map_with_table
+from segcentroids.data.labels import generated_palette, reduce_zero_table
+from segcentroids.data.layouts import SplitScan, scan_folders
+
+ADE20K_TABLE = reduce_zero_table(150)
+
+
+class ADE20KDataModule(SegDataModule):
+    """ADE20K in mmsegmentation's layout ``ADEChallengeData2016/{images,annotations}/{training,validation}/``.
+
+    ``root`` is the ``ADEChallengeData2016`` folder (or the folder holding it). Labels are PNGs with 0..150: 0 is
+    "other" and is ignored, k -> k-1 (mmsegmentation's ``reduce_zero_label``). "val" and "test" both read
+    ``validation``. Defaults are the paper protocol: 512x512 crops of images resized to fit (2048, 512) times a ratio
+    in [0.5, 2], test images resized to short side 512 (whole-image inference). Predictions written for the official
+    server add 1 back.
+    """
+
+    CLASS_NAMES = (
+        "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+        "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+        "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence",
+        "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column",
+        "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator",
+        "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway",
+        "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
+        "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
+        "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
+        "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole", "land",
+        "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
+        "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
+        "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name",
+        "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
+        "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+        "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    )  # fmt: skip
+    PALETTE = generated_palette(151)[1:]
+    SPLIT_SIZES = {"train": 20210, "val": 2000, "test": 2000}
+    SPLIT_FOLDERS = {"train": "training", "val": "validation", "test": "validation"}
+
+    def __init__(
+        self,
+        root: str | Path,
+        crop_size: int | tuple[int, int] = (512, 512),
+        scale: tuple[int, int] | None = (2048, 512),
+        test_scale: tuple[int, int] | None = (2048, 512),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, crop_size=crop_size, scale=scale, test_scale=test_scale, **kwargs)
+
+    @property
+    def dataset_dir(self) -> Path:
+        """The ``ADEChallengeData2016`` folder."""
+        nested = self.root / "ADEChallengeData2016"
+        return nested if nested.is_dir() else self.root
+
+    def scan_split(self, split: str) -> SplitScan:
+        """Pairs ``images/<folder>/ADE_*.jpg`` with ``annotations/<folder>/ADE_*.png``."""
+        if split not in self.SPLIT_FOLDERS:
+            raise ValueError(f"ADE20K split must be one of {sorted(self.SPLIT_FOLDERS)}, got {split!r}")
+        folder = self.SPLIT_FOLDERS[split]
+        base = self.dataset_dir
+        return scan_folders(base / "images" / folder, base / "annotations" / folder, (".jpg", ".jpeg"), (".png",))
+
+    def list_split(self, split: str) -> list[FilePair]:
+        """The pairs of ``split``; raises naming every unpaired file."""
+        return self.scan_split(split).checked()
+
+    @staticmethod
+    def map_labels(raw: np.ndarray) -> np.ndarray:
+        """0 -> 255, k -> k-1 for k in 1..150, 255 stays ignore, anything else -> -1 (undefined)."""
+        return map_with_table(raw, ADE20K_TABLE)

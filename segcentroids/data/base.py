@@ -1,0 +1,405 @@
+"""Datasets and the ``SegDataModule`` base every dataset's DataModule subclasses.
+
+A subclass gives ``CLASS_NAMES``, ``PALETTE``, ``list_split(split)`` (the ``(image, label)`` file pairs of a split)
+and a static ``map_labels(raw)`` (stored label values -> train ids ``0..K-1``, ``ignore_index`` for ignored pixels;
+any other value, e.g. -1, marks a stored value the dataset does not define). Everything else is shared: the file
+checks, loading, the pipelines and the loaders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from segcentroids.data.transforms import build_test_transform, build_train_transform
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+READ_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
+
+LabelMapping = Callable[[np.ndarray], np.ndarray]
+LabelLoader = Callable[[Path], tuple[np.ndarray, np.ndarray]]
+FilePair = tuple[Path, Path]
+
+
+def short_list(items: Sequence[Any], limit: int = 10) -> str:
+    """``items`` joined by commas, cut after ``limit`` with a count of the rest."""
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
+def map_with_table(raw: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[raw]`` for integer labels of any dtype; values outside the table map to -1 (undefined)."""
+    if raw.dtype == np.uint8 and len(table) >= 256:
+        return np.take(table, raw)
+    mapped = np.full(raw.shape, -1, dtype=table.dtype)
+    inside = (raw >= 0) & (raw < len(table))
+    mapped[inside] = table[raw[inside]]
+    return mapped
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as uint8 RGB ``[H, W, 3]``; raises ``OSError`` naming the file when it cannot be read."""
+    if READ_RGB is not None:
+        image = cv2.imread(str(path), READ_RGB)
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image is None:
+        raise OSError(f"cannot read image file {path} (missing, not an image, or corrupt)")
+    return image
+
+
+def read_label(path: Path) -> np.ndarray:
+    """A label map as stored (``cv2.IMREAD_UNCHANGED``), single channel ``[H, W]``; raises naming the file."""
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise OSError(f"cannot read label file {path} (missing, not an image, or corrupt)")
+    if label.ndim != 2:
+        raise ValueError(f"label file {path} has shape {label.shape}; expected a single-channel label map [H, W]")
+    return label
+
+
+def pair_files(
+    image_dir: Path,
+    label_dir: Path,
+    image_suffixes: Sequence[str],
+    label_suffix: str,
+    recursive: bool = False,
+) -> list[FilePair]:
+    """Pair images and labels by name (relative path minus suffix); suffixes match case-insensitively.
+
+    Raises ``FileNotFoundError`` for a missing folder or a split without images, and ``ValueError`` listing every
+    image without a label and every label without an image.
+    """
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"split folder {folder} does not exist")
+
+    def by_name(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+            relative = path.relative_to(folder).as_posix()
+            suffix = next((s for s in suffixes if relative.lower().endswith(s.lower())), None)
+            if suffix is None or not path.is_file() or path.name.startswith("."):
+                continue
+            key = relative[: -len(suffix)]
+            if key in files:
+                raise ValueError(f"two files in {folder} have the name {key!r}: {files[key].name} and {path.name}")
+            files[key] = path
+        return files
+
+    images, labels = by_name(image_dir, image_suffixes), by_name(label_dir, [label_suffix])
+    if not images:
+        raise FileNotFoundError(f"no images ({'/'.join(image_suffixes)}) in split folder {image_dir}")
+    unlabelled = sorted(images.keys() - labels.keys())
+    orphans = sorted(labels.keys() - images.keys())
+    if unlabelled or orphans:
+        problems = []
+        if unlabelled:
+            names = [images[key].name for key in unlabelled]
+            problems.append(f"{len(names)} image(s) in {image_dir} without a label in {label_dir}: {short_list(names)}")
+        if orphans:
+            names = [labels[key].name for key in orphans]
+            problems.append(
+                f"{len(names)} label(s) in {label_dir} without an image in {image_dir}: {short_list(names)}"
+            )
+        raise ValueError("unpaired files: " + "; ".join(problems))
+    return [(images[key], labels[key]) for key in sorted(images)]
+
+
+def check_label_values(label: np.ndarray, raw: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` and the stored values whose mapped value is neither a class nor ignore."""
+    invalid = (label < 0) | ((label >= num_classes) & (label != ignore_index))
+    if invalid.any():
+        raise ValueError(
+            f"label file {path} holds values {np.unique(raw[invalid]).tolist()} that are neither one of the "
+            f"{num_classes} classes nor ignore ({ignore_index}) after mapping "
+            f"(mapped to {np.unique(label[invalid]).tolist()})"
+        )
+
+
+class SegDataset(Dataset):
+    """``(image, label)`` file pairs -> ``{"image": float32 [3,H,W], "mask": int64 [H,W], "name": str}``.
+
+    ``transform`` is called as ``transform(image=..., mask=...)``; with ``transform_mask=False`` it sees the image
+    only and the mask keeps its stored size (evaluation at the label's resolution). Every item is checked: readable
+    files, equal image and label sizes, label values that map to a class or ignore; errors name the file.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[FilePair],
+        map_labels: LabelMapping,
+        num_classes: int,
+        transform: A.Compose,
+        transform_mask: bool = True,
+        ignore_index: int = IGNORE_INDEX,
+        load_label: LabelLoader | None = None,
+    ) -> None:
+        if not 0 < num_classes <= ignore_index <= 255:
+            raise ValueError(f"need 0 < num_classes <= ignore_index <= 255, got {num_classes} and {ignore_index}")
+        self.pairs = list(pairs)
+        self.map_labels = map_labels
+        self.num_classes = num_classes
+        self.transform = transform
+        self.transform_mask = transform_mask
+        self.ignore_index = ignore_index
+        self.load_label = load_label
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The checked pair: uint8 RGB image ``[H, W, 3]`` and uint8 train-id label ``[H, W]``."""
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        if self.load_label is not None:  # path -> (stored label, train ids), e.g. .mat files or per-file rules
+            raw, label = self.load_label(label_path)
+        else:
+            raw = read_label(label_path)
+            label = self.map_labels(raw)
+        if image.shape[:2] != raw.shape:
+            raise ValueError(
+                f"image {image_path} is {image.shape[0]}x{image.shape[1]} (HxW) but its label {label_path} is "
+                f"{raw.shape[0]}x{raw.shape[1]}"
+            )
+        check_label_values(label, raw, self.num_classes, self.ignore_index, label_path)
+        return image, label.astype(np.uint8, copy=False)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.load(index)
+        if self.transform_mask:
+            out = self.transform(image=image, mask=label)
+            mask = out["mask"]
+        else:
+            out = self.transform(image=image)
+            mask = torch.from_numpy(label)
+        return {"image": out["image"], "mask": mask.long(), "name": self.pairs[index][0].stem}
+
+
+class ImageFolderDataset(Dataset):
+    """Images to predict: ``{"image": float32 [3,H,W], "name": str, "orig_size": int64 [2] (H, W on disk)}``."""
+
+    def __init__(self, paths: Sequence[Path], transform: A.Compose) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = read_image(self.paths[index])
+        return {
+            "image": self.transform(image=image)["image"],
+            "name": self.paths[index].stem,
+            "orig_size": torch.tensor(image.shape[:2]),
+        }
+
+
+def init_loader_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: single-threaded OpenCV, and the albumentations pipeline reseeded per worker.
+
+    Albumentations keeps its own random state, which forked workers would otherwise share (the same augmentations in
+    every worker and every epoch); torch gives each worker a seed that differs per worker and per epoch and follows
+    ``seed_everything``. OpenCV's own thread pool in every worker would oversubscribe the cores.
+    """
+    cv2.setNumThreads(0)
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None:
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+class SegDataModule(L.LightningDataModule):
+    """Shared DataModule: file checks, the mmsegmentation-style pipelines, and train/val/test/predict loaders.
+
+    Args:
+        root: dataset root folder (the dataset's usual layout, see the subclass).
+        batch_size: training batch size (per process).
+        val_batch_size: validation/test/predict batch size (1 when image sizes differ).
+        num_workers: loader worker processes; ``persistent_workers`` only applies when it is above 0.
+        crop_size: training crop ``(height, width)`` (an int for a square); crops are padded to exactly this size.
+        scale: training resize scale ``(long, short)``, multiplied by a ratio from ``ratio_range``; ``None`` resizes
+            the image's own size by that ratio.
+        cat_max_ratio: crops are redrawn (up to 10 times) while one class covers this share of the labelled pixels.
+        flip_prob: horizontal-flip probability; ``photometric``: brightness/contrast/saturation/hue distortion.
+        test_scale: keep-ratio resize ``(long, short)`` of evaluation images (``None``: as stored); labels stay as
+            stored, so predictions are resized back to the label size for the metric.
+        predict_dir: folder of images for ``predict``.
+        check_files: read every file of the used splits in ``setup`` (readable, sizes match, label values valid)
+            so bad input fails before training rather than in the middle of an epoch.
+    """
+
+    CLASS_NAMES: tuple[str, ...] = ()
+    PALETTE: tuple[tuple[int, int, int], ...] = ()
+    # optional static hook ``path -> (stored label, train ids)`` replacing ``read_label`` + ``map_labels``
+    load_label: LabelLoader | None = None
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int = 2,
+        persistent_workers: bool = True,
+        pin_memory: bool = False,
+        crop_size: int | tuple[int, int] = (512, 512),
+        scale: tuple[int, int] | None = (2048, 512),
+        ratio_range: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        flip_prob: float = 0.5,
+        photometric: bool = True,
+        test_scale: tuple[int, int] | None = None,
+        predict_dir: str | Path | None = None,
+        check_files: bool = False,
+    ) -> None:
+        super().__init__()
+        self.root = None if root is None else Path(root)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.pin_memory = pin_memory
+        self.crop_size = crop_size
+        self.scale = scale
+        self.ratio_range = ratio_range
+        self.cat_max_ratio = cat_max_ratio
+        self.flip_prob = flip_prob
+        self.photometric = photometric
+        self.test_scale = test_scale
+        self.predict_dir = None if predict_dir is None else Path(predict_dir)
+        self.check_files = check_files
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in train-id order."""
+        return list(self.CLASS_NAMES)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes K (train ids ``0..K-1``)."""
+        return len(self.class_names)
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        """One RGB colour per class, for colourised predictions."""
+        return [tuple(colour) for colour in self.PALETTE]
+
+    @property
+    def ignore_index(self) -> int:
+        """Label value of ignored pixels."""
+        return IGNORE_INDEX
+
+    def list_split(self, split: str) -> list[FilePair]:
+        """The ``(image_path, label_path)`` pairs of ``split`` ("train", "val" or "test"); subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement list_split")
+
+    @staticmethod
+    def map_labels(raw: np.ndarray) -> np.ndarray:
+        """Stored label values -> train ids (``0..K-1``, 255 ignore, anything else undefined); subclasses implement."""
+        raise NotImplementedError("map_labels is implemented by each dataset's DataModule")
+
+    def train_transform(self) -> A.Compose:
+        """The training pipeline built from this DataModule's arguments."""
+        transform = build_train_transform(
+            self.crop_size,
+            self.scale,
+            ratio_range=self.ratio_range,
+            cat_max_ratio=self.cat_max_ratio,
+            flip_prob=self.flip_prob,
+            photometric=self.photometric,
+            ignore_index=self.ignore_index,
+        )
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+        return transform
+
+    def test_transform(self) -> A.Compose:
+        """The evaluation/predict pipeline (image only)."""
+        return build_test_transform(self.test_scale)
+
+    def build_dataset(self, split: str) -> Dataset:
+        """The dataset of ``split``: training pipeline for "train", evaluation pipeline otherwise."""
+        if self.root is None:
+            raise ValueError(f"{type(self).__name__} needs root, the dataset folder")
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root {self.root} does not exist or is not a folder")
+        training = split == "train"
+        dataset = SegDataset(
+            self.list_split(split),
+            self.map_labels,
+            self.num_classes,
+            self.train_transform() if training else self.test_transform(),
+            transform_mask=training,
+            ignore_index=self.ignore_index,
+            load_label=self.load_label,
+        )
+        if self.check_files:
+            self._check_all(dataset)
+        return dataset
+
+    def build_predict_dataset(self) -> Dataset:
+        """The images of ``predict_dir`` (sorted by name), with the evaluation pipeline."""
+        if self.predict_dir is None:
+            raise ValueError(f"{type(self).__name__}.predict needs predict_dir, a folder of images")
+        if not self.predict_dir.is_dir():
+            raise FileNotFoundError(f"predict_dir {self.predict_dir} does not exist or is not a folder")
+        paths = sorted(p for p in self.predict_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not paths:
+            raise FileNotFoundError(f"no images ({'/'.join(IMAGE_SUFFIXES)}) in predict_dir {self.predict_dir}")
+        return ImageFolderDataset(paths, self.test_transform())
+
+    @staticmethod
+    def _check_all(dataset: SegDataset) -> None:
+        problems = []
+        for index in range(len(dataset)):
+            try:
+                dataset.load(index)
+            except (OSError, ValueError) as error:
+                problems.append(str(error))
+        if problems:
+            raise ValueError(f"{len(problems)} bad file(s):\n  " + "\n  ".join(problems))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build (and check) the datasets the stage needs: fit -> train+val, validate -> val, test, predict."""
+        needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
+        for split in needed.get(stage or "fit", []):
+            if split not in self.datasets:
+                self.datasets[split] = self.build_predict_dataset() if split == "predict" else self.build_dataset(split)
+
+    def _loader(self, split: str, batch_size: int, training: bool = False) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(split, split))
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=training,
+            drop_last=training and len(dataset) >= batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+            worker_init_fn=init_loader_worker,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, training=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """One image per batch: a folder of images to predict may hold any mix of sizes."""
+        return self._loader("predict", 1)

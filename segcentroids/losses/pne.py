@@ -1,0 +1,377 @@
+"""PNE loss: the positive-negative equal contrastive loss (Wang et al., Eq. 6-9).
+
+Anchors are the misclassified pixels of an image. With individual anchor sets (IAS) the anchors of ground-truth
+class k predicted as l form the set S_{l,k}; its positives are the correctly predicted pixels of class k (P_{k,k}) and,
+with corresponding negatives (CN), its negatives are the correctly predicted pixels of class l (N_{l,l}). Every set is
+sampled to exactly `samples_per_set` members, so all sets of all images are fixed-size blocks `[pairs, S, D]`
+built with one sort of the batch's pixels by set and gathers; nothing loops over classes or pairs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segcentroids.losses.extra import ExtraLoss
+from segcentroids.nn.projection import ProjectionHead
+from segcentroids.ops.resample import nearest_labels
+
+if TYPE_CHECKING:
+    from segcentroids.methods.base import Baseline
+
+_CHOICES = {
+    "sampling": ("random", "first"),
+    "positive_weight": ("normalized", "raw", "none"),
+    "positive_score": ("softmax", "logit"),
+    "empty_negatives": ("skip", "anchors"),
+    "form": ("pne", "infonce"),
+}
+_KEY_BITS = 31  # random tie-break keys are drawn in [0, 2**31); set ids are shifted above them
+_CHUNK = 16  # distinct anchors processed together against their set's positives and negatives
+
+
+class PNELoss(nn.Module):
+    """Positive-negative equal contrastive loss, Eq. 9, with the ablation switches of the paper.
+
+    Called as `loss(embeddings [B, D, h, w], logits [B, K, h, w], labels [B, H, W] or [B, h, w], generator=None)`;
+    labels are nearest-resampled to `h x w`, predictions are the argmax of `logits`. Embeddings are L2-normalised
+    here. Gradients reach the anchors only: positives, negatives, weights and the logits are detached.
+
+    Args:
+        temperature: tau of Eq. 6-9.
+        sampling: "random" (paper: a random order of each set, reproducible with `generator`) or "first" (authors'
+            code: raster order). Either way a set of n members is tiled or cut to exactly `samples_per_set`.
+        samples_per_set: members taken from every anchor, positive and negative set.
+        max_anchor_set: anchor sets with more members are skipped (authors' code: 199); None keeps every set.
+        positive_weight: per-positive weight of Eq. 8: "normalized" (w / mean w over the sampled positives, paper),
+            "raw" (w, authors' code) or "none" (Eq. 6).
+        positive_score: what w is: "softmax" (max class probability, paper) or "logit" (max raw score, Table 7's
+            "PW w/o softmax"; clamped at 1e-6 so that the weighted sum stays positive).
+        empty_negatives: a set whose negative set is empty is "skip"ped (its anchors add nothing and are not
+            counted) or contrasted with its own anchors as negatives ("anchors", authors' code).
+        form: "pne" (Eq. 6/8) or "infonce" (the asymmetric Eq. 1, per-positive weights as a weighted mean).
+        individual_anchor_sets: IAS; off = the misclassified pixels of class k form one set whatever they were
+            predicted as.
+        corresponding_negatives: CN; off = the negatives of a set are the `samples_per_set` correctly predicted
+            pixels of other classes most similar (cosine) to the set's mean anchor, among the sampled templates of
+            every other class.
+        ignore_index: label of pixels left out (labels outside `[0, K)` are left out too).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        sampling: str = "random",
+        samples_per_set: int = 100,
+        max_anchor_set: int | None = 199,
+        positive_weight: str = "normalized",
+        positive_score: str = "softmax",
+        empty_negatives: str = "skip",
+        form: str = "pne",
+        individual_anchor_sets: bool = True,
+        corresponding_negatives: bool = True,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        for key, value in (("sampling", sampling), ("positive_weight", positive_weight),
+                           ("positive_score", positive_score), ("empty_negatives", empty_negatives), ("form", form)):
+            if value not in _CHOICES[key]:
+                raise ValueError(f"{key} must be one of {_CHOICES[key]}, got {value!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if samples_per_set < 1:
+            raise ValueError(f"samples_per_set must be >= 1, got {samples_per_set}")
+        if max_anchor_set is not None and max_anchor_set < 1:
+            raise ValueError(f"max_anchor_set must be >= 1 or None, got {max_anchor_set}")
+        self.temperature = float(temperature)
+        self.sampling = sampling
+        self.samples_per_set = int(samples_per_set)
+        self.max_anchor_set = max_anchor_set
+        self.positive_weight = positive_weight
+        self.positive_score = positive_score
+        self.empty_negatives = empty_negatives
+        self.form = form
+        self.individual_anchor_sets = bool(individual_anchor_sets)
+        self.corresponding_negatives = bool(corresponding_negatives)
+        self.ignore_index = ignore_index
+
+    def forward(self, embeddings: Tensor, logits: Tensor, labels: Tensor,
+                generator: torch.Generator | None = None) -> Tensor:
+        """The loss (a float32 scalar; 0 with a graph when no set qualifies)."""
+        return self.compute(embeddings, logits, labels, generator)[0]
+
+    def compute(self, embeddings: Tensor, logits: Tensor, labels: Tensor,
+                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss and its diagnostics (`pairs`: anchor sets that contributed, `anchors`: distinct anchor pixels
+        used, `anchor_share`: anchors / labelled pixels), all tensors (no host sync besides the set count)."""
+        if embeddings.ndim != 4 or logits.ndim != 4 or embeddings.shape[0] != logits.shape[0] \
+                or embeddings.shape[-2:] != logits.shape[-2:]:
+            raise ValueError(f"embeddings [B, D, h, w] and logits [B, K, h, w] must share B, h, w; got "
+                             f"{tuple(embeddings.shape)} and {tuple(logits.shape)}")
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return self._compute(embeddings.float(), logits.detach().float(), labels, generator)
+
+    # ------------------------------------------------------------------------------------------------- the sets
+    def _compute(self, embeddings: Tensor, logits: Tensor, labels: Tensor,
+                 generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+        B, D, h, w = embeddings.shape
+        K, N, S = logits.shape[1], h * w, self.samples_per_set
+        C = min(_CHUNK, S)
+        device = embeddings.device
+        pixels = embeddings.flatten(2).transpose(1, 2)  # [B, N, D], a view: only sampled pixels are normalised
+
+        def rows(flat: Tensor) -> Tensor:
+            """L2-normalised embeddings of flat pixel indices `b * N + i`."""
+            return F.normalize(pixels[flat // N, flat % N], dim=-1)
+
+        with torch.no_grad():
+            labels = nearest_labels(labels, (h, w)).reshape(B, N)
+            valid = (labels >= 0) & (labels < K) & (labels != self.ignore_index)
+            label = torch.where(valid, labels, 0)
+            if self.positive_score == "softmax":
+                score, pred = logits.softmax(dim=1).max(dim=1)
+            else:
+                score, pred = logits.max(dim=1)
+                score = score.clamp_min(1e-6)
+            score, pred = score.reshape(B * N), pred.reshape(B, N)
+            correct = valid & (pred == label)
+            wrong = valid & ~correct
+            image = torch.arange(B, device=device)[:, None]
+            # set ids: templates (correct pixels) of (b, c) first, then anchor sets (b, l, k) or (b, k)
+            num_templates = B * K
+            anchor_set = (image * K + pred) * K + label if self.individual_anchor_sets else image * K + label
+            num_sets = num_templates + (B * K * K if self.individual_anchor_sets else B * K)
+            set_id = torch.where(correct, image * K + label,
+                                 torch.where(wrong, num_templates + anchor_set, num_sets)).reshape(B * N)
+            counts = torch.zeros(num_sets + 1, dtype=torch.long, device=device)
+            counts.scatter_add_(0, set_id, torch.ones_like(set_id))
+            starts = counts.cumsum(0) - counts
+            if self.sampling == "first":
+                order = torch.sort(set_id, stable=True).indices
+            else:
+                keys = torch.randint(0, 2**_KEY_BITS, (B * N,), generator=generator, device=device)
+                order = torch.sort((set_id << _KEY_BITS) + keys, stable=True).indices
+
+            def members(ids: Tensor, position: Tensor) -> Tensor:
+                """Flat pixel indices of the members at `position` (cyclic: tiling) of sets `ids`."""
+                n = counts[ids].clamp_min(1)[..., None]
+                return order[(starts[ids][..., None] + position % n).clamp_max(B * N - 1)]
+
+            samples = torch.arange(S, device=device)
+            template_pixels = members(torch.arange(num_templates, device=device), samples)  # [B*K, S]
+            template_ok = counts[:num_templates] > 0
+            templates = rows(template_pixels)  # [B*K, S, D]
+            weights = score[template_pixels]  # [B*K, S]
+            if self.positive_weight == "normalized":
+                weights = weights / weights.mean(dim=1, keepdim=True)
+            elif self.positive_weight == "none":
+                weights = torch.ones_like(weights)
+
+            # which anchor sets qualify: 1..max_anchor_set members and a non-empty positive set
+            set_size = counts[num_templates:num_sets]
+            if self.individual_anchor_sets:
+                set_image = torch.arange(B, device=device).repeat_interleave(K * K)
+                set_pred = torch.arange(K, device=device).repeat_interleave(K).repeat(B)
+                set_class = torch.arange(K, device=device).repeat(B * K)
+            else:
+                set_image = torch.arange(B, device=device).repeat_interleave(K)
+                set_pred = torch.full_like(set_image, -1)
+                set_class = torch.arange(K, device=device).repeat(B)
+            qualifies = (set_size > 0) & template_ok[set_image * K + set_class]
+            if self.max_anchor_set is not None:
+                qualifies &= set_size <= self.max_anchor_set
+            if self.empty_negatives == "skip" and self.individual_anchor_sets and self.corresponding_negatives:
+                qualifies &= template_ok[set_image * K + set_pred]
+            # A set of n members is tiled or cut to S samples: its min(n, S) distinct members stand for them with
+            # multiplicities, and are processed in chunks of C anchors against the set's S positives / negatives.
+            chunks = torch.where(qualifies, (set_size.clamp_max(S) + C - 1) // C, 0)
+            # the one host sync: the numbers of qualifying sets and of chunks size the blocks below (padding to all
+            # B*K*K sets instead costs B*K^2*S^2 similarities, 14 GB for ADE20K's 150 classes at batch 16)
+            P, Q = torch.stack([qualifies.sum(), chunks.sum()]).tolist()
+            pairs = torch.nonzero_static(qualifies, size=P).squeeze(1)
+            pair_chunks = chunks[pairs]
+            chunk_pair = torch.repeat_interleave(torch.arange(P, device=device), pair_chunks, output_size=Q)
+            first_chunk = (pair_chunks.cumsum(0) - pair_chunks)[chunk_pair]
+            slot = ((torch.arange(Q, device=device) - first_chunk) * C)[:, None] + torch.arange(C, device=device)
+            chunk_set = pairs[chunk_pair]
+            n = set_size[chunk_set][:, None]
+            # member j of a set of n < S members is sampled (S - 1 - j) // n + 1 times; 0 marks padding
+            multiplicity = torch.where(n >= S, 1, (S - 1 - slot) // n + 1) * (slot < n.clamp_max(S))
+            anchor_pixels = members(num_templates + chunk_set, slot)  # [Q, C]
+            chunk_image, chunk_class, chunk_pred = set_image[chunk_set], set_class[chunk_set], set_pred[chunk_set]
+
+        anchors = rows(anchor_pixels)  # [Q, C, D], the only tensor with a gradient
+        tau = self.temperature
+        positive_ids = chunk_image * K + chunk_class
+        positive_weights = weights[positive_ids][:, None, :]  # [Q, 1, S]
+        positive_sim = anchors @ templates[positive_ids].transpose(1, 2) / tau  # [Q, C, S]
+        if not self.corresponding_negatives:
+            negatives, negative_ok = self._hard_negatives(anchors, multiplicity, templates, template_ok, pairs,
+                                                          set_image, set_class, chunk_pair, K)
+            negative_sim = anchors @ negatives.transpose(1, 2) / tau
+        elif self.individual_anchor_sets:
+            # IAS + CN (Eq. 9): the set S_{l,k} is contrasted with N_{l,l}
+            negative_ids = chunk_image * K + chunk_pred
+            negative_sim = anchors @ templates[negative_ids].transpose(1, 2) / tau
+            negative_ok = template_ok[negative_ids][:, None].expand_as(multiplicity)
+        else:
+            negative_sim, negative_ok = self._own_class_negatives(anchors, slot, templates, template_ok, pred,
+                                                                  anchor_pixels, chunk_image, chunk_class, K)
+        if self.empty_negatives == "anchors":
+            # the set's own S (tiled) anchor samples stand in for missing negatives (authors' code)
+            own = rows(members(num_templates + chunk_set, samples))
+            negative_sim = torch.where(negative_ok[..., None], negative_sim, anchors @ own.transpose(1, 2) / tau)
+            negative_ok = torch.ones_like(negative_ok)
+        log_negatives = negative_sim.logsumexp(dim=-1)  # [Q, C]
+        if self.form == "pne":
+            # Eq. 8: log(1 + sum_n exp(a.n/tau) / sum_p w_p/w_bar exp(a.p/tau)), computed in log space
+            log_positives = (positive_sim + positive_weights.log()).logsumexp(dim=-1)
+            per_anchor = F.softplus(log_negatives - log_positives)
+        else:
+            # Eq. 1: mean over positives of -log(exp(a.p) / (exp(a.p) + sum_n exp(a.n))), weighted by w_p/w_bar
+            per_positive = torch.logaddexp(positive_sim, log_negatives[..., None]) - positive_sim
+            per_anchor = (per_positive * positive_weights).sum(dim=-1) / S
+        # Eq. 9: mean over the anchor samples of all sets (the paper's 1/|S|)
+        counted = torch.where(negative_ok, multiplicity, 0)
+        loss = torch.where(counted > 0, per_anchor * counted, 0.0).sum() / counted.sum().clamp_min(1)
+        with torch.no_grad():
+            used = (counted > 0).sum(dim=1)
+            num_anchors = used.sum().float()
+            stats = {
+                "pairs": (torch.zeros(P, dtype=used.dtype, device=device).index_add_(0, chunk_pair, used) > 0).sum()
+                .float(),
+                "anchors": num_anchors,
+                "anchor_share": num_anchors / valid.sum().clamp_min(1),
+            }
+        return loss, stats
+
+    def _hard_negatives(self, anchors: Tensor, multiplicity: Tensor, templates: Tensor, template_ok: Tensor,
+                        pairs: Tensor, set_image: Tensor, set_class: Tensor, chunk_pair: Tensor,
+                        K: int) -> tuple[Tensor, Tensor]:
+        """CN off: per set, the S templates of other classes most similar (cosine) to the set's mean anchor sample.
+
+        Returns the negatives of each chunk `[Q, S, D]` and whether its set has any `[Q, C]`."""
+        S, D = templates.shape[1:]
+        B, P = template_ok.numel() // K, pairs.numel()
+        device = anchors.device
+        with torch.no_grad():
+            weighted = (anchors.detach() * multiplicity[..., None]).sum(dim=1)
+            centre = F.normalize(torch.zeros(P, D, device=device).index_add_(0, chunk_pair, weighted), dim=-1)
+            pair_image, pair_class = set_image[pairs], set_class[pairs]
+            image_templates = templates.reshape(B, K * S, D)
+            hardness = torch.einsum("pd,pmd->pm", centre, image_templates[pair_image]) if P else centre[:, :0]
+            other = template_ok.reshape(B, K)[pair_image] & (torch.arange(K, device=device) != pair_class[:, None])
+            hardness = hardness.reshape(P, K, S).masked_fill(~other[..., None], float("-inf")).reshape(P, K * S)
+            chosen = pair_image[:, None] * (K * S) + hardness.topk(min(S, K * S), dim=1).indices
+            negatives = templates.reshape(B * K * S, D)[chosen[chunk_pair]]  # [Q, S, D]
+        return negatives, other.any(dim=1)[chunk_pair][:, None].expand_as(multiplicity)
+
+    def _own_class_negatives(self, anchors: Tensor, slot: Tensor, templates: Tensor, template_ok: Tensor,
+                             pred: Tensor, anchor_pixels: Tensor, chunk_image: Tensor, chunk_class: Tensor,
+                             K: int) -> tuple[Tensor, Tensor]:
+        """IAS off + CN: each anchor of the pooled set S_k meets the templates of its own predicted class. The pooled
+        sets of an image (at most K, S distinct anchors each) are compared with all its templates at once.
+
+        Returns similarities / tau `[Q, C, S]` and whether the anchor's predicted class has templates `[Q, C]`."""
+        S, D = templates.shape[1:]
+        B = template_ok.numel() // K
+        image, cls = chunk_image[:, None].expand_as(slot), chunk_class[:, None].expand_as(slot)
+        position = slot.clamp_max(S - 1)  # padding slots (beyond the set's members) add zero vectors
+        inside = (slot < S)[..., None]
+        dense = anchors.new_zeros(B, K, S, D).index_put((image, cls, position), anchors * inside, accumulate=True)
+        every = dense.reshape(B, K * S, D) @ templates.reshape(B, K * S, D).transpose(1, 2)
+        anchor_pred = pred.reshape(-1)[anchor_pixels]  # [Q, C]
+        sim = every.reshape(B, K, S, K, S)[image, cls, position, anchor_pred] / self.temperature
+        return sim, template_ok.reshape(B, K)[image, anchor_pred]
+
+
+class PNEObjective(ExtraLoss):
+    """PNE as a plug-in objective: a projection head on a method's features and `alpha * PNELoss` (Eq. 4).
+
+    Any method adds it from YAML under `model.init_args.extra_losses`; `segcentroids.methods.PNE` is the Baseline
+    with this objective. The head runs in training only. Per step it logs `train/pne/pairs` (anchor sets that
+    contributed), `train/pne/anchors` (distinct anchor pixels) and `train/pne/anchor_share` (anchors / labelled
+    pixels at the feature resolution), as tensors (no host sync).
+
+    Args:
+        alpha: weight of the PNE term (Eq. 4; paper 1.3).
+        tau: temperature (paper 1).
+        embed_dim: channels of the projected embedding (256).
+        feature: key of the method's training outputs the head reads (`"decoder"`: the classifier's input in
+            Baseline).
+        in_channels: channels of that feature; None = the SegModel's `out_channels` (set it when a method's
+            classifier input differs, e.g. MCIBI's `memory_channels`).
+        seed: with `sampling="random"` the sets are shuffled by a generator seeded from (seed, global step), so a
+            run, and a resumed run, repeats.
+        sampling, samples_per_set, max_anchor_set, positive_weight, positive_score, empty_negatives, form,
+        individual_anchor_sets, corresponding_negatives: see `PNELoss`.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.3,
+        tau: float = 1.0,
+        embed_dim: int = 256,
+        feature: str = "decoder",
+        in_channels: int | None = None,
+        sampling: Literal["random", "first"] = "random",
+        samples_per_set: int = 100,
+        max_anchor_set: int | None = 199,
+        positive_weight: Literal["normalized", "raw", "none"] = "normalized",
+        positive_score: Literal["softmax", "logit"] = "softmax",
+        empty_negatives: Literal["skip", "anchors"] = "skip",
+        form: Literal["pne", "infonce"] = "pne",
+        individual_anchor_sets: bool = True,
+        corresponding_negatives: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"PNEObjective: alpha must be >= 0, got {alpha}")
+        if embed_dim < 1:
+            raise ValueError(f"PNEObjective: embed_dim must be >= 1, got {embed_dim}")
+        self.loss = PNELoss(
+            temperature=tau, sampling=sampling, samples_per_set=samples_per_set, max_anchor_set=max_anchor_set,
+            positive_weight=positive_weight, positive_score=positive_score, empty_negatives=empty_negatives,
+            form=form, individual_anchor_sets=individual_anchor_sets,
+            corresponding_negatives=corresponding_negatives,
+        )
+        self.weights = {"pne": alpha}
+        self.embed_dim = embed_dim
+        self.feature = feature
+        self.in_channels = in_channels
+        self.seed = seed
+        self.projection: ProjectionHead | None = None
+        self._method: list[Baseline] = []  # a plain list: the method is not registered as a submodule
+
+    def bind(self, method: Baseline) -> None:
+        """Build the projection head for the method's features; remember the method for logging and the step."""
+        channels = self.in_channels if self.in_channels is not None else method.segmodel.out_channels
+        self.projection = ProjectionHead(channels, self.embed_dim)
+        self.loss.ignore_index = method.ignore_index
+        self._method[:] = [method]
+
+    def forward(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        if self.projection is None:
+            raise RuntimeError("PNEObjective.bind(method) must be called before forward")
+        if self.feature not in outputs or "logits" not in outputs:
+            raise KeyError(f"PNEObjective needs outputs[{self.feature!r}] and outputs['logits']; got {list(outputs)}")
+        features, logits = outputs[self.feature], outputs["logits"].detach()
+        expected = self.projection[0].in_channels
+        if features.shape[1] != expected:
+            raise ValueError(f"PNEObjective: outputs[{self.feature!r}] has {features.shape[1]} channels but the "
+                             f"projection head was built for {expected}; set in_channels={features.shape[1]}")
+        if logits.shape[-2:] != features.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=features.shape[-2:], mode="bilinear", align_corners=False)
+        method = self._method[0] if self._method else None
+        step = method.global_step if method is not None else 0
+        generator = torch.Generator(device=features.device)
+        generator.manual_seed((self.seed << 32) + step)
+        loss, stats = self.loss.compute(self.projection(features), logits, labels, generator)
+        if method is not None and method._trainer is not None:
+            for name, value in stats.items():
+                method.log(f"train/pne/{name}", value, batch_size=labels.shape[0])
+        return {"pne": loss}

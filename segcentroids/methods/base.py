@@ -1,0 +1,295 @@
+"""Baseline: the shared training, evaluation and prediction path every method builds on.
+
+A method subclasses `Baseline`, adds its paper's modules, and overrides `training_outputs` to return extra named
+loss terms; the base weights (`self.loss_weights`), sums and logs them (`train/loss/<name>`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor, nn
+
+from segcentroids.inference import InferenceConfig, infer
+from segcentroids.losses.extra import ExtraLoss
+from segcentroids.metrics import SegmentationMetrics, format_table
+from segcentroids.models import SegModel
+from segcentroids.nn.heads import FCNHead
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and poly learning-rate schedule (stepped every iteration).
+
+    `lr_mults` / `decay_mults` map a parameter-name prefix (e.g. `segmodel.decoder`) to a multiplier of the base
+    lr / weight decay. Norm weights, biases and embeddings (position embeddings, class tokens) get no weight decay
+    when `no_decay_norm_bias_embed` is set. The lr follows mmsegmentation's poly rule
+    `(lr - min_lr) * (1 - t / T) ** power + min_lr` after an optional linear warm-up from `warmup_ratio * lr`.
+    """
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    encoder_lr_mult: float = 1.0
+    lr_mults: dict[str, float] = field(default_factory=dict)
+    decay_mults: dict[str, float] = field(default_factory=dict)
+    no_decay_norm_bias_embed: bool = True
+    poly_power: float = 0.9
+    min_lr: float = 1e-4
+    warmup_steps: int = 0
+    warmup_ratio: float = 1e-6
+
+
+@dataclass
+class ParamGroupRule:
+    """Multiplies lr and weight decay of every parameter whose name starts with `prefix`."""
+
+    prefix: str
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_EMBEDDING_NAMES = ("pos_embed", "cls_token", "position_embedding", "absolute_pos_embed", "relative_position")
+
+
+def poly_lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
+    """Multiplier of the base lr at `step` (poly decay to `min_lr` with optional linear warm-up)."""
+    total = max(total_steps, 1)
+    progress = min(step, total) / total
+    min_ratio = config.min_lr / config.lr if config.lr > 0 else 0.0
+    factor = (1.0 - min_ratio) * (1.0 - progress) ** config.poly_power + min_ratio
+    if step < config.warmup_steps:
+        k = (1.0 - step / config.warmup_steps) * (1.0 - config.warmup_ratio)
+        factor *= 1.0 - k
+    return factor
+
+
+class Baseline(L.LightningModule):
+    """SegModel + classifier (dropout, 1x1 conv) trained with cross-entropy; the reference for every method."""
+
+    def __init__(
+        self,
+        segmodel: SegModel,
+        num_classes: int = 8,
+        ignore_index: int = 255,
+        class_names: list[str] | None = None,
+        dropout: float = 0.1,
+        aux_weight: float = 0.0,
+        optim: OptimConfig = OptimConfig(),  # noqa: B008 - copied below, never mutated
+        inference: InferenceConfig = InferenceConfig(),  # noqa: B008 - copied below, never mutated
+        extra_losses: list[ExtraLoss] | None = None,
+    ) -> None:
+        """
+        Args:
+            segmodel: encoder + decoder giving the features the classifier reads.
+            num_classes, ignore_index, class_names: linked from the DataModule by the CLI.
+            dropout: dropout before the 1x1 classifier.
+            aux_weight: weight of the auxiliary FCN head on the encoder's third stage (0 = no head; 0.4 in the
+                paper configs).
+            optim: optimiser, parameter groups and poly schedule.
+            inference: test-time protocol for validation, test and predict.
+            extra_losses: plug-in objectives added to the method's own losses (e.g. PNE on any method).
+        """
+        super().__init__()
+        # Under LightningCLI the hyper-parameters are the parsed config (plain data, segmodel included), which lets a
+        # checkpoint be re-instantiated; built by hand, the module arguments are left out of them.
+        built_by_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if built_by_cli else ["segmodel", "extra_losses"])
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        self.segmodel = segmodel
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.optim = dataclasses.replace(optim)
+        self.inference = dataclasses.replace(inference)
+        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(segmodel.out_channels, num_classes, 1))
+        self.aux_head = FCNHead(segmodel.aux_channels, num_classes) if aux_weight > 0 else None
+        self.loss_weights: dict[str, float] = {"ce": 1.0, "aux": aux_weight}
+        self.param_group_rules: list[ParamGroupRule] = [
+            ParamGroupRule("segmodel.encoder", lr_mult=self.optim.encoder_lr_mult)
+        ]
+        self.param_group_rules += [ParamGroupRule(p, lr_mult=m) for p, m in self.optim.lr_mults.items()]
+        self.param_group_rules += [ParamGroupRule(p, decay_mult=m) for p, m in self.optim.decay_mults.items()]
+        self.extra_losses = nn.ModuleList(extra_losses or [])
+        for extra in self.extra_losses:
+            extra.bind(self)
+            self.loss_weights.update(extra.weights)
+        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
+
+    # ----------------------------------------------------------------------------------------------- the model
+    def classify(self, features: Tensor) -> Tensor:
+        """Class logits at the feature stride."""
+        return self.classifier(features)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Inference graph: logits `[B, K, H / stride, W / stride]`."""
+        return self.classify(self.segmodel(images)["decoder"])
+
+    def seg_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy (float32) on logits upsampled bilinearly to the label size; ignore pixels left out."""
+        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
+        # mean over valid pixels; an all-ignore batch gives 0 with a graph instead of NaN
+        return loss / (labels != self.ignore_index).sum().clamp_min(1)
+
+    def training_outputs(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """One training forward: named outputs (features, `logits`) and named, unweighted loss terms."""
+        features = self.segmodel(images)
+        logits = self.classify(features["decoder"])
+        outputs = {"decoder": features["decoder"], "encoder_last": features["encoder"][-1], "logits": logits}
+        losses = {"ce": self.seg_loss(logits, labels)}
+        if self.aux_head is not None:
+            losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
+        return outputs, losses
+
+    # ------------------------------------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        images, labels = batch["image"], batch["mask"]
+        outputs, losses = self.training_outputs(images, labels)
+        for extra in self.extra_losses:
+            losses.update(extra(outputs, labels))
+        total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+        batch_size = images.shape[0]
+        for name, value in losses.items():
+            self.log(f"train/loss/{name}", value.detach(), batch_size=batch_size)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
+        return {"loss": total, "outputs": {k: v.detach() for k, v in outputs.items() if isinstance(v, Tensor)}}
+
+    # ------------------------------------------------------------------------------------------- optimisation
+    def param_group_mults(self, name: str, param: nn.Parameter, no_decay: bool) -> tuple[float, float]:
+        """(lr multiplier, weight-decay multiplier) of one parameter from the rules and the no-decay policy."""
+        lr_mult, decay_mult = 1.0, 0.0 if no_decay else 1.0
+        for rule in self.param_group_rules:
+            if name.startswith(rule.prefix):
+                lr_mult *= rule.lr_mult
+                decay_mult *= rule.decay_mult
+        return lr_mult, decay_mult
+
+    def _no_decay_names(self) -> set[str]:
+        names: set[str] = set()
+        if not self.optim.no_decay_norm_bias_embed:
+            return names
+        for module_name, module in self.named_modules():
+            for param_name, param in module.named_parameters(recurse=False):
+                full = f"{module_name}.{param_name}" if module_name else param_name
+                if (isinstance(module, _NORM_TYPES + (nn.Embedding,)) or param_name == "bias" or param.ndim <= 1
+                        or any(key in full for key in _EMBEDDING_NAMES)):
+                    names.add(full)
+        return names
+
+    def parameter_groups(self) -> list[dict]:
+        """Parameters grouped by (lr multiplier, weight-decay multiplier)."""
+        no_decay = self._no_decay_names()
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                groups.setdefault(self.param_group_mults(name, param, name in no_decay), []).append(param)
+        return [
+            {"params": params, "lr": self.optim.lr * lr_mult, "weight_decay": self.optim.weight_decay * decay_mult,
+             "lr_mult": lr_mult, "decay_mult": decay_mult}
+            for (lr_mult, decay_mult), params in groups.items()
+        ]
+
+    def configure_optimizers(self) -> dict:
+        groups = self.parameter_groups()
+        if self.optim.name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=self.optim.lr, momentum=self.optim.momentum)
+        elif self.optim.name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=self.optim.betas)
+        else:
+            raise ValueError(f"optim.name must be 'sgd' or 'adamw', got {self.optim.name!r}")
+        total_steps = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: poly_lr_factor(step, total_steps, self.optim)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --------------------------------------------------------------------------------------------- evaluation
+    def infer(self, images: Tensor, out_size: tuple[int, int]) -> Tensor:
+        """Logits at `out_size` under the configured test-time protocol."""
+        return infer(self, images, out_size, self.inference)
+
+    def validation_outputs(self, images: Tensor, labels: Tensor, logits: Tensor) -> None:
+        """Hook for method-specific validation metrics (logits are at the label size)."""
+
+    def _eval_step(self, batch: dict, metrics: SegmentationMetrics) -> dict:
+        images, labels = batch["image"], batch["mask"]
+        logits = self.infer(images, tuple(labels.shape[-2:]))
+        preds = logits.argmax(dim=1)
+        metrics.update(preds, labels)
+        self.validation_outputs(images, labels, logits)
+        return {"preds": preds}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, self.test_metrics)
+
+    def _end_eval(self, split: str, metrics: SegmentationMetrics) -> None:
+        scores = metrics.compute()
+        metrics.reset()
+        for key in ("mIoU", "mAcc", "aAcc"):
+            self.log(f"{split}/{key}", scores[key], prog_bar=key == "mIoU")
+        if self.trainer.sanity_checking:
+            return
+        if self.trainer.is_global_zero:
+            table = format_table(scores, self.class_names)
+            print(f"\n[{split}] epoch {self.current_epoch} step {self.global_step}\n{table}", flush=True)
+            self._write_scores(split, scores, table)
+
+    def _write_scores(self, split: str, scores: dict[str, Tensor], table: str) -> None:
+        """Machine-readable results in `<log_dir>/metrics/<split>.json`; per-class scores and the table to TensorBoard."""
+        logger = self.trainer.logger
+        if logger is None or self.trainer.log_dir is None:
+            return
+        folder = Path(self.trainer.log_dir) / "metrics"
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def clean(value: float) -> float | None:
+            return None if math.isnan(value) else round(value, 4)
+
+        record = {
+            "split": split, "epoch": self.current_epoch, "step": self.global_step,
+            **{key: clean(float(scores[key])) for key in ("mIoU", "mAcc", "aAcc")},
+            "IoU": {n: clean(v) for n, v in zip(self.class_names, scores["IoU"].tolist())},
+            "Acc": {n: clean(v) for n, v in zip(self.class_names, scores["Acc"].tolist())},
+        }
+        (folder / f"{split}.json").write_text(json.dumps(record, indent=2))
+        experiment = getattr(logger, "experiment", None)
+        if not hasattr(experiment, "add_scalar"):
+            return
+        for kind in ("IoU", "Acc"):
+            for name, value in record[kind].items():
+                if value is not None:
+                    experiment.add_scalar(f"{split}/{kind}/{name}", value, self.global_step)
+        experiment.add_text(f"{split}/per_class", table.replace("\n", "  \n"), self.global_step)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test", self.test_metrics)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Label maps at each image's size on disk."""
+        images = batch["image"]
+        sizes = [tuple(int(v) for v in size) for size in batch["orig_size"]]
+        preds = [self.infer(images[i : i + 1], size).argmax(dim=1)[0] for i, size in enumerate(sizes)]
+        return {"preds": preds, "name": batch["name"]}

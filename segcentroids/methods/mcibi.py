@@ -1,0 +1,158 @@
+"""MCIBI: Mining Contextual Information Beyond Image for Semantic Segmentation (Jin et al., ICCV 2021).
+
+A class memory M (K x C) of dataset-level representations, updated by momentum after each training step, is gathered
+per pixel by the predicted class probabilities and refined by attention (DCA); the result is fused with the pixel
+representations R (and the framework's own within-image context, if any) before the final classifier H2, which also
+learns to classify the memory rows (RCL).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+from segmentation_models_pytorch.base.modules import Conv2dReLU
+from torch import Tensor
+
+from segcentroids.callbacks.memory import MemorySimilarityLogger, MemoryUpdate
+from segcentroids.callbacks.momentum import MomentumSchedule
+from segcentroids.losses.memory_consistency import representation_consistency_loss
+from segcentroids.methods.base import Baseline
+from segcentroids.nn.dataset_context import ClassHead, ContextFusion, DatasetContextAggregation
+from segcentroids.nn.memory import FeatureMemory
+
+NO_CONTEXT_ARCHS = ("fcn", "identity")
+"""SegModel archs without a within-image context module: MCIBI uses their encoder only (paper: FCN)."""
+
+
+class MCIBI(Baseline):
+    """Baseline + feature memory, dataset-level context aggregation, fuse F and representation consistent learning.
+
+    Args:
+        alpha: weight of L_W, the loss of H1's class probabilities (Eq. 16, 19).
+        beta: weight of L_M, the RCL loss (Eq. 17, 19).
+        memory_channels: C, channels of R, of the memory and of the fused representation (paper: 512).
+        transform_channels: channels of the attention's query/key/value (paper: C / 2 = 256).
+        fuse: F of Eq. 4, `"concat"` (paper), `"add"` or `"weighted_add"` (Table 1).
+        context_within_image: use the SegModel's decoder output as C_wi (Eq. 3). None: yes unless the arch has no
+            context module (`fcn`, `identity`); without it the decoder is removed and only the encoder is run.
+        weighting: memory update weights, `"cosine"` (Eq. 9-10) or `"mean"` (Table 2 "Cosine" off).
+        update_resolution: `"label"` (features upsampled to the label size, paper) or `"feature"` (labels
+            downsampled to the features, faster).
+        memory_init: `"first_batch_mean"` (authors' code) or `"random_pixel"` (paper).
+        momentum_schedule: `"poly"` (Eq. 7) or `"constant"` (Table 2 "Poly" off).
+        m0: initial momentum m0 (Eq. 7; the authors' Cityscapes configs use 1.0).
+        momentum_power: p of Eq. 7.
+        rcl: representation consistent learning on/off (Table 2).
+        rcl_start_step: first optimizer step with the RCL loss; None = one epoch of steps (authors' code), or 0 when
+            the epoch length is unknown.
+        similarity_log_every_n_steps: period of the memory cosine-similarity image (diagnostics).
+        **kwargs: Baseline arguments (`segmodel`, `num_classes`, `dropout`, `aux_weight`, `optim`, ...).
+    """
+
+    memory_momentum: Tensor
+
+    def __init__(
+        self,
+        alpha: float = 0.4,
+        beta: float = 1.0,
+        memory_channels: int = 512,
+        transform_channels: int = 256,
+        fuse: Literal["concat", "add", "weighted_add"] = "concat",
+        context_within_image: bool | None = None,
+        weighting: Literal["cosine", "mean"] = "cosine",
+        update_resolution: Literal["label", "feature"] = "label",
+        memory_init: Literal["first_batch_mean", "random_pixel"] = "first_batch_mean",
+        momentum_schedule: Literal["poly", "constant"] = "poly",
+        m0: float = 0.9,
+        momentum_power: float = 0.9,
+        rcl: bool = True,
+        rcl_start_step: int | None = None,
+        similarity_log_every_n_steps: int = 500,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            if value < 0:
+                raise ValueError(f"MCIBI: {name} must be >= 0, got {value}")
+        for name, value in (("memory_channels", memory_channels), ("transform_channels", transform_channels)):
+            if value < 1:
+                raise ValueError(f"MCIBI: {name} must be >= 1, got {value}")
+        if rcl_start_step is not None and rcl_start_step < 0:
+            raise ValueError(f"MCIBI: rcl_start_step must be >= 0 or None, got {rcl_start_step}")
+        segmodel = self.segmodel
+        if context_within_image is None:
+            context_within_image = getattr(segmodel, "arch", None) not in NO_CONTEXT_ARCHS
+        self.context_within_image = context_within_image
+        if not context_within_image:
+            segmodel.decoder = None  # not part of FCN + MCIBI: R comes from the encoder alone
+        dropout = self.hparams.dropout
+        # R (Eq. 1): 3x3 conv-BN-ReLU bottleneck on the encoder's last stage
+        self.bottleneck = Conv2dReLU(segmodel.encoder_channels[-1], memory_channels, 3, padding=1)
+        self.memory = FeatureMemory(self.num_classes, memory_channels, weighting=weighting,
+                                    update_resolution=update_resolution, init=memory_init,
+                                    ignore_index=self.ignore_index)
+        self.register_buffer("memory_momentum", torch.tensor(float(m0)))
+        self.dca = DatasetContextAggregation(memory_channels, self.num_classes, transform_channels, dropout)
+        self.fusion = ContextFusion(memory_channels, fuse, segmodel.out_channels if context_within_image else None,
+                                    transform_channels)
+        self.classifier = ClassHead(memory_channels, self.num_classes, memory_channels, dropout)  # H2, Eq. 5
+        self.loss_weights.update({"class_probability": alpha, "memory": beta})
+        self.rcl = rcl
+        self.rcl_start_step = rcl_start_step
+        self.momentum_schedule = MomentumSchedule("memory_momentum", m0, momentum_power, momentum_schedule)
+        self.similarity_log_every_n_steps = similarity_log_every_n_steps
+
+    # ----------------------------------------------------------------------------------------------- the model
+    def _representations(self, images: Tensor) -> tuple[dict, Tensor, Tensor | None]:
+        """SegModel outputs, R (Eq. 1) and C_wi (Eq. 3, or None)."""
+        if self.context_within_image:
+            out = self.segmodel(images)
+            within = out["decoder"]
+        else:
+            out = {"encoder": self.segmodel.encoder(images)}
+            within = None
+        return out, self.bottleneck(out["encoder"][-1]), within
+
+    def _augment(self, features: Tensor, within: Tensor | None) -> tuple[Tensor, Tensor]:
+        """H1 logits (Eq. 11) and R_aug = F(R, C_bi, C_wi) (Eq. 2, 4)."""
+        class_logits, beyond = self.dca(features, self.memory.memory)
+        return class_logits, self.fusion(features, beyond, within)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Inference graph: logits `H2(R_aug)` (Eq. 5, before upsampling); no memory update, no RCL."""
+        _, features, within = self._representations(images)
+        return self.classify(self._augment(features, within)[1])
+
+    # ------------------------------------------------------------------------------------------------ training
+    def training_outputs(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        out, features, within = self._representations(images)
+        class_logits, augmented = self._augment(features, within)
+        logits = self.classify(augmented)
+        outputs = {"memory_features": features, "decoder": augmented, "encoder_last": out["encoder"][-1],
+                   "class_logits": class_logits, "logits": logits}
+        losses = {"ce": self.seg_loss(logits, labels),  # L_O, Eq. 18
+                  "class_probability": self.seg_loss(class_logits, labels)}  # L_W, Eq. 16
+        if self.aux_head is not None:
+            losses["aux"] = self.seg_loss(self.aux_head(out["encoder"][-2]), labels)
+        if self.rcl and self.global_step >= self._rcl_start():
+            losses["memory"] = representation_consistency_loss(self.classifier, self.memory.memory,
+                                                               self.memory.initialized)  # L_M, Eq. 15, 17
+        return outputs, losses
+
+    def _rcl_start(self) -> int:
+        if self.rcl_start_step is not None:
+            return self.rcl_start_step
+        trainer = self._trainer
+        if trainer is None:
+            return 0
+        batches = trainer.num_training_batches
+        if not isinstance(batches, int):  # unknown (inf) epoch length
+            return 0
+        return batches // max(trainer.accumulate_grad_batches, 1)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The momentum schedule (Eq. 7), the memory update after each step (Eq. 6-10) and its diagnostics."""
+        return [self.momentum_schedule, MemoryUpdate("memory", "memory_features", "memory_momentum"),
+                MemorySimilarityLogger("memory", self.similarity_log_every_n_steps)]

@@ -1,0 +1,267 @@
+"""MLSeg (He et al.): multi-label image classification + selected-label pixel classification, and the Segmenter
+baseline it builds on.
+
+Joint multi-task scheme (Sec. 3.3): a multi-label head xi on the shared features predicts which classes are present
+(Eq. 1, trained with the asymmetric loss); the top-kappa classes are selected (Eq. 2); the pixel classifier psi only
+chooses among them, with a temperature per rank (Eq. 3). Outputs are K-channel logits with the unselected classes far
+below the selected ones, so the shared inference, metrics and prediction path are unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MultilabelAveragePrecision, MultilabelStatScores
+
+from segcentroids.losses.asymmetric import AsymmetricLoss
+from segcentroids.methods.base import Baseline, ParamGroupRule
+from segcentroids.nn.multilabel import MultiLabelHead, SelectedLabelClassifier
+from segcentroids.ops.selection import (
+    labels_to_ranks,
+    multi_hot_labels,
+    scatter_to_classes,
+    select_top_labels,
+    suppress_classes,
+)
+
+
+class Segmenter(Baseline):
+    """Segmenter (Strudel et al. 2021): the SegModel's features (a ViT with arch `identity`) classified by the
+    mask-transformer decoder over all K learnable class embeddings, with the per-class LayerNorm on the scores."""
+
+    def __init__(self, embed_dim: int | None = None, num_layers: int = 2, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, decoder_dropout: float = 0.1, **kwargs) -> None:
+        """
+        Args:
+            embed_dim: width of the decoder tokens (None: the SegModel's `out_channels`, 768 for ViT-B).
+            num_layers, num_heads, mlp_ratio, decoder_dropout: the decoder's transformer blocks (paper: 2, 12, 4, 0.1).
+        """
+        super().__init__(**kwargs)
+        channels = self.segmodel.out_channels
+        self.classifier = SelectedLabelClassifier(
+            channels, self.num_classes, self.num_classes, "mask_transformer", "layernorm",
+            embed_dim=embed_dim or channels, class_embed=True, num_layers=num_layers, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, dropout=decoder_dropout,
+        )
+
+
+class MLSeg(Baseline):
+    """MLSeg joint multi-task scheme on any SegModel.
+
+    Loss: `ce` (cross-entropy over the selected labels, ground truth re-indexed to ranks, unselected classes
+    ignored) + `multilabel_weight * multilabel` (asymmetric loss on the image-level labels).
+
+    Table 1 switches: `multi_task` (MT: the multi-label head and its loss), `label_selection` (LS: sort and keep
+    the top-kappa classes; off = all K classes in class order), `rank_temperature` (RA: `layernorm` or `per_rank`;
+    `shared` = RA off). Oracle options (Fig. 3): `oracle_train` / `oracle_eval` restrict the pixel classifier to the
+    classes present in the ground truth during training / validation and test.
+    """
+
+    def __init__(
+        self,
+        kappa: int = 50,
+        multilabel_weight: float = 10.0,
+        multi_task: bool = True,
+        label_selection: bool = True,
+        multilabel_head: Literal["tran_enc", "tran_dec", "gap_linear"] = "tran_enc",
+        classifier: Literal["mask_transformer", "linear"] = "mask_transformer",
+        rank_temperature: Literal["layernorm", "per_rank", "shared"] = "layernorm",
+        oracle_train: bool = False,
+        oracle_eval: bool = False,
+        embed_dim: int | None = None,
+        num_layers: int = 2,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        pool_size: int = 8,
+        decoder_dropout: float = 0.1,
+        gamma_neg: float = 2.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+        temperature_init: float = 0.1,
+        multilabel_decay_mult: float = 100.0,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            kappa: number of selected classes (paper: 50 ADE20K / COCO-Stuff, 25 Pascal-Context); clamped to K.
+            multilabel_weight: weight of the asymmetric multi-label loss (paper: 10 ADE20K / COCO-Stuff, 5
+                Pascal-Context).
+            multi_task: MT, the multi-label head xi and its loss. Off: psi uses its own class embeddings.
+            label_selection: LS, pixel classification over the top-kappa classes in rank order (needs MT).
+            multilabel_head: xi, `tran_enc` | `tran_dec` | `gap_linear` (Table 6).
+            classifier: psi, `mask_transformer` (Segmenter) | `linear` (DeepLabV3-style models).
+            rank_temperature: `layernorm` (authors' code) | `per_rank` (Eq. 3) | `shared` (one tau, RA off).
+            oracle_train, oracle_eval: restrict psi to the ground-truth classes in training / evaluation.
+            embed_dim: token width of xi and the mask transformer (None: the SegModel's `out_channels`).
+            num_layers, num_heads, mlp_ratio, decoder_dropout: psi's transformer blocks (mask_transformer); heads
+                and ratio also size xi's block(s). `decoder_dropout` is the dropout of the linear psi too.
+            pool_size: side of the pooled grid xi reads (authors: 8).
+            gamma_neg, gamma_pos, clip: the asymmetric loss (authors' ADE20K config: 2, 0, 0.05).
+            temperature_init: initial tau of the `per_rank` / `shared` temperatures.
+            multilabel_decay_mult: weight-decay multiplier on xi's parameters (authors: 100).
+        """
+        super().__init__(**kwargs)
+        if kappa < 1:
+            raise ValueError(f"kappa must be >= 1, got {kappa}")
+        if multilabel_weight < 0:
+            raise ValueError(f"multilabel_weight must be >= 0, got {multilabel_weight}")
+        if label_selection and not multi_task:
+            raise ValueError("label_selection=True ranks classes by the multi-label scores: it needs multi_task=True")
+        self.kappa = min(kappa, self.num_classes)
+        self.label_selection = label_selection
+        self.oracle_train = oracle_train
+        self.oracle_eval = oracle_eval
+        channels = self.segmodel.out_channels
+        embed_dim = embed_dim or channels
+        self.multilabel_head = (
+            MultiLabelHead(channels, self.num_classes, embed_dim, multilabel_head, pool_size, num_heads, mlp_ratio,
+                           class_tokens=classifier == "mask_transformer")
+            if multi_task else None
+        )
+        del self.classifier  # replaced by the selected-label classifier psi
+        self.selected_classifier = SelectedLabelClassifier(
+            channels, self.num_classes, self.kappa if label_selection else self.num_classes, classifier,
+            rank_temperature, embed_dim=embed_dim, class_embed=not multi_task, num_layers=num_layers,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=decoder_dropout, temperature_init=temperature_init,
+        )
+        self.multilabel_loss = AsymmetricLoss(gamma_neg, gamma_pos, clip)
+        self.loss_weights["multilabel"] = multilabel_weight
+        self.param_group_rules += [
+            ParamGroupRule("multilabel_head", decay_mult=multilabel_decay_mult),
+            ParamGroupRule("selected_classifier.temperature", decay_mult=0.0),
+        ]
+        self.multilabel_metrics = nn.ModuleDict({
+            split: nn.ModuleDict({
+                "average_precision": MultilabelAveragePrecision(self.num_classes, average=None),
+                "label_counts": MultilabelStatScores(self.num_classes, average=None),
+                "recall_at_kappa": MeanMetric(),
+                "pixel_recall_at_kappa": MeanMetric(),
+            }) for split in ("val", "test")
+        }) if multi_task else None
+        self._oracle_targets: Tensor | None = None
+        self._eval_scores: Tensor | None = None
+
+    # ----------------------------------------------------------------------------------------------- the model
+    def select_and_classify(self, features: Tensor, oracle_targets: Tensor | None = None
+                            ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Rank logits `[B, k, h, w]`, the selected classes `[B, k]` (None: all K in class order) and the
+        multi-label logits `[B, K]` (None without MT). `oracle_targets [B, K]` (multi-hot) keep only those classes."""
+        scores = class_tokens = selected = None
+        if self.multilabel_head is not None:
+            scores, class_tokens = self.multilabel_head(features)
+        if self.label_selection:
+            ranking = scores.float()
+            if oracle_targets is not None:  # ground-truth classes first, each group by predicted score
+                ranking = oracle_targets + ranking.sigmoid()
+            selected = select_top_labels(ranking, self.kappa)  # Eq. 2
+        rank_logits = self.selected_classifier(features, selected, class_tokens)  # Eq. 3 (before the softmax)
+        if oracle_targets is not None:
+            keep = oracle_targets if selected is None else oracle_targets.gather(1, selected)
+            rank_logits = suppress_classes(rank_logits, keep > 0)
+        return rank_logits, selected, scores
+
+    def _class_logits(self, rank_logits: Tensor, selected: Tensor | None) -> Tensor:
+        return rank_logits if selected is None else scatter_to_classes(rank_logits, selected, self.num_classes)
+
+    def classify(self, features: Tensor) -> Tensor:
+        """K-channel logits; unselected classes sit far below every selected one. In evaluation with
+        `oracle_eval`, only the classes of the current batch's ground truth are kept."""
+        oracle = self._oracle_targets
+        if oracle is not None and oracle.shape[0] != features.shape[0]:
+            raise ValueError(f"oracle_eval needs whole-image inference: {features.shape[0]} inputs for "
+                             f"{oracle.shape[0]} label maps (inference.mode={self.inference.mode!r})")
+        rank_logits, selected, scores = self.select_and_classify(features, oracle)
+        if not self.training:
+            self._eval_scores = scores
+        return self._class_logits(rank_logits, selected)
+
+    def multilabel_scores(self, images: Tensor) -> Tensor:
+        """Multi-label logits `[B, K]` of xi (needs `multi_task`)."""
+        if self.multilabel_head is None:
+            raise ValueError("multilabel_scores needs multi_task=True")
+        return self.multilabel_head(self.segmodel(images)["decoder"])[0]
+
+    def training_outputs(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        features = self.segmodel(images)
+        targets = multi_hot_labels(labels, self.num_classes, self.ignore_index)
+        rank_logits, selected, scores = self.select_and_classify(
+            features["decoder"], targets if self.oracle_train else None
+        )
+        rank_labels = labels if selected is None else labels_to_ranks(labels, selected, self.num_classes,
+                                                                       self.ignore_index)
+        losses = {"ce": self.seg_loss(rank_logits, rank_labels)}
+        outputs = {"decoder": features["decoder"], "encoder_last": features["encoder"][-1],
+                   "logits": self._class_logits(rank_logits, selected)}
+        if scores is not None:
+            losses["multilabel"] = self.multilabel_loss(scores, targets)
+            outputs["multilabel_logits"] = scores
+        if self.aux_head is not None:
+            losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
+        return outputs, losses
+
+    # --------------------------------------------------------------------------------------------- evaluation
+    def _eval_with_oracle(self, step, batch: dict, batch_idx: int) -> dict:
+        if self.oracle_eval:
+            self._oracle_targets = multi_hot_labels(batch["mask"], self.num_classes, self.ignore_index)
+        try:
+            result = step(batch, batch_idx)
+        finally:
+            self._oracle_targets = None
+        if self._eval_scores is not None:  # for diagnostics callbacks (TopLabelHistogram)
+            result["multilabel_logits"] = self._eval_scores
+        return result
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_with_oracle(super().validation_step, batch, batch_idx)
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_with_oracle(super().test_step, batch, batch_idx)
+
+    def validation_outputs(self, images: Tensor, labels: Tensor, logits: Tensor) -> None:
+        """Multi-label mAP, recall of the ground-truth classes within the top-kappa (per class occurrence) and
+        the fraction of labelled pixels whose class is selected."""
+        if self.multilabel_metrics is None:
+            return
+        scores = self._eval_scores
+        if scores is None or scores.shape[0] != images.shape[0]:  # e.g. sliding-window inference
+            scores = self.multilabel_scores(images)
+        self._eval_scores = scores = scores.float()
+        targets = multi_hot_labels(labels, self.num_classes, self.ignore_index)
+        selected = select_top_labels(scores, self.kappa)
+        hits = targets.gather(1, selected).sum(dim=1)
+        present = targets.sum(dim=1)
+        valid = (labels != self.ignore_index).flatten(1).sum(dim=1).float()
+        kept = (labels_to_ranks(labels, selected, self.num_classes, self.ignore_index) != self.ignore_index)
+        metrics = self.multilabel_metrics["test" if self.trainer.testing else "val"]
+        metrics["average_precision"].update(scores.sigmoid(), targets.long())
+        metrics["label_counts"].update(scores.sigmoid(), targets.long())
+        metrics["recall_at_kappa"].update(hits / present.clamp_min(1), present)
+        metrics["pixel_recall_at_kappa"].update(kept.flatten(1).sum(dim=1) / valid.clamp_min(1), valid)
+
+    def _end_multilabel(self, split: str) -> None:
+        if self.multilabel_metrics is None:
+            return
+        metrics = self.multilabel_metrics[split]
+        if metrics["recall_at_kappa"].update_count == 0:  # nothing evaluated (e.g. no validation batch)
+            return
+        with warnings.catch_warnings():  # torchmetrics warns about classes absent from the split
+            warnings.simplefilter("ignore")
+            average_precision = metrics["average_precision"].compute()
+        present = metrics["label_counts"].compute()[:, 4] > 0  # support: images holding the class
+        # mAP over the classes present in the split (absent classes have no defined AP)
+        self.log(f"{split}/multilabel_mAP", average_precision[present].mean() * 100)
+        for name in ("recall_at_kappa", "pixel_recall_at_kappa"):
+            self.log(f"{split}/{name}", metrics[name].compute() * 100)
+        for metric in metrics.values():
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._end_multilabel("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._end_multilabel("test")

@@ -1,0 +1,317 @@
+"""Specialize and Fuse: Pyramidal Output Representation for Semantic Segmentation (Hsiao et al., ICCV 2021).
+
+A semantic pyramid (class logits at strides s_1 > ... > s_L) and a unity pyramid (is this cell one class?) are
+trained with "done by coarser" relabelling (Eq. 1) and fused at inference (Eq. 2): each pixel takes the class of the
+coarsest cell predicted unity.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from segcentroids.callbacks.images import colorize, denormalize, palette_of
+from segcentroids.methods.base import Baseline
+from segcentroids.nn.pyramid_heads import CONTEXTS, OUTPUTS, SemanticPyramidHead, StageConcat, UnityHead
+from segcentroids.ops.pyramid import (
+    RELABEL_POLICIES,
+    fuse_level_map,
+    fuse_pyramid,
+    iou_from_confusion,
+    level_confusion,
+    pyramid_targets,
+    relabel_done_by_coarser,
+)
+
+FUSIONS = ("fuse", "finest")
+FEATURE_SOURCES = ("decoder", "encoder_concat")
+UNITY_EPS = 1e-6
+LOG_EPS = 1e-8
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+    return value
+
+
+class SpecializeFuse(Baseline):
+    """Baseline whose classifier is replaced by the unity and semantic pyramid heads (Fig. 2)."""
+
+    def __init__(
+        self,
+        num_levels: int = 4,
+        strides: list[int] | None = None,
+        unity_channels: int = 64,
+        semantic_channels: int = 512,
+        context: Literal["none", "anl", "anl_multi", "coarse_to_fine"] = "coarse_to_fine",
+        output: Literal["single", "pyramid"] = "pyramid",
+        relabel: Literal["none", "gt_unity", "true_positive"] = "true_positive",
+        tau: float = 0.9,
+        train_tau: float | None = None,
+        fusion: Literal["fuse", "finest"] = "fuse",
+        feature_source: Literal["decoder", "encoder_concat"] = "decoder",
+        concat_channels: list[int] | None = None,
+        pool_sizes: tuple[int, ...] = (1, 3, 6, 8),
+        level_analysis: bool = False,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            num_levels: L, the number of pyramid levels (4 in the paper; 2 for its {4, 32} row).
+            strides: the level strides in pixels, coarsest first, ending with the feature stride; None =
+                `s_L * 2^(L-l)`. Each must be a multiple of the next.
+            unity_channels: D_u of the unity head (64).
+            semantic_channels: D_s of the semantic head (512).
+            context: Table 6 columns: `none`, `anl` (one ANL block), `anl_multi` (ANL per level), `coarse_to_fine`.
+            output: Table 6 rows: `single` (finest output only, plain CE) or `pyramid` (Eq. 1).
+            relabel: Table 7: `none` (naive), `gt_unity` (simple fix), `true_positive` (final).
+            tau: unity threshold of the fusion (Eq. 2), 0.9.
+            train_tau: threshold that calls a predicted cell unity in the `true_positive` relabelling (None = tau).
+            fusion: Table 8: `fuse` (Eq. 2) or `finest` (the finest semantic level only, "aux. supervision").
+            feature_source: `decoder` (the SegModel decoder output) or `encoder_concat` (HRNetV2-style: the four
+                stride 4-32 encoder stages upsampled to stride 4 and concatenated; needs an undilated encoder,
+                e.g. arch `identity`).
+            concat_channels: per-stage channel reduction for `encoder_concat` (ResNet-101 light decoder:
+                [48, 96, 192, 384] -> D = 720); None keeps the stages' channels (HRNet-W48: D = 720).
+            pool_sizes: PyramidPool grids (1, 3, 6, 8 -> 110 tokens).
+            level_analysis: in `test`, report which level each pixel is taken from, the per-level mIoU (Table 9)
+                and log a level-assignment map beside the prediction.
+        """
+        dropout = kwargs.get("dropout", 0.1)
+        super().__init__(**kwargs)
+        self.context = _choice("context", context, CONTEXTS)
+        self.output = _choice("output", output, OUTPUTS)
+        self.relabel = _choice("relabel", relabel, RELABEL_POLICIES)
+        self.fusion = _choice("fusion", fusion, FUSIONS)
+        self.feature_source = _choice("feature_source", feature_source, FEATURE_SOURCES)
+        for key, value in (("tau", tau), ("train_tau", train_tau)):
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"{key} must be in (0, 1], got {value}")
+        self.tau = tau
+        self.train_tau = tau if train_tau is None else train_tau
+        self.level_analysis = level_analysis
+
+        if self.feature_source == "encoder_concat":
+            if self.segmodel.output_stride != 32:
+                raise ValueError(
+                    f"feature_source='encoder_concat' takes the stride 4-32 encoder stages of an undilated encoder "
+                    f"(SegModel output_stride 32, e.g. arch 'identity'), got {self.segmodel.output_stride}"
+                )
+            self.stage_concat = StageConcat(self.segmodel.encoder_channels[-4:], concat_channels)
+            in_channels, finest_stride = self.stage_concat.out_channels, 4
+        else:
+            if concat_channels is not None:
+                raise ValueError("concat_channels only applies to feature_source='encoder_concat'")
+            self.stage_concat = None
+            in_channels, finest_stride = self.segmodel.out_channels, self.segmodel.output_stride
+        self.strides = self._check_strides(num_levels, strides, finest_stride)
+        factors = [s // finest_stride for s in self.strides]
+
+        self.classifier = None  # replaced by the semantic pyramid head
+        self.semantic_head = SemanticPyramidHead(
+            in_channels, self.num_classes, factors, semantic_channels, self.context, self.output, pool_sizes, dropout
+        )
+        self.unity_head = UnityHead(in_channels, factors[:-1], unity_channels) if self.output == "pyramid" else None
+        if self.unity_head is None and self.fusion == "fuse" and len(self.strides) > 1:
+            self.fusion = "finest"  # a single output has nothing to fuse
+        self.loss_weights["unity"] = 1.0  # Eq. 1: both terms weigh 1
+        self._level_confusion: Tensor | None = None
+
+    @staticmethod
+    def _check_strides(num_levels: int, strides: list[int] | None, finest_stride: int) -> list[int]:
+        if num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+        if strides is None:
+            return [finest_stride * 2 ** (num_levels - 1 - level) for level in range(num_levels)]
+        strides = [int(s) for s in strides]
+        if len(strides) != num_levels:
+            raise ValueError(f"strides {strides} must list num_levels={num_levels} strides")
+        if strides[-1] != finest_stride:
+            raise ValueError(f"strides {strides} must end with the feature stride {finest_stride}")
+        if any(a <= b or a % b for a, b in zip(strides, strides[1:])):
+            raise ValueError(f"strides {strides} must be strictly decreasing, each a multiple of the next")
+        return strides
+
+    # ----------------------------------------------------------------------------------------------- the model
+    def _pad(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Pads bottom/right to a multiple of the coarsest stride: images with 0 (the mean), labels with ignore."""
+        coarsest = self.strides[0]
+        h, w = images.shape[-2:]
+        pad_h, pad_w = -h % coarsest, -w % coarsest
+        if pad_h == 0 and pad_w == 0:
+            return images, labels
+        images = F.pad(images, (0, pad_w, 0, pad_h))
+        if labels is not None:
+            labels = F.pad(labels, (0, pad_w, 0, pad_h), value=self.ignore_index)
+        return images, labels
+
+    def pyramid(self, images: Tensor, with_unity: bool = True) -> tuple[dict, list[Tensor], list[Tensor]]:
+        """Backbone features, semantic logits per level and unity probabilities per level (coarsest first) of
+        images whose size is a multiple of the coarsest stride."""
+        features = self.segmodel(images)
+        x = features["decoder"] if self.stage_concat is None else self.stage_concat(features["encoder"][-4:])
+        expected = (images.shape[-2] // self.strides[-1], images.shape[-1] // self.strides[-1])
+        if tuple(x.shape[-2:]) != expected:
+            raise ValueError(f"features {tuple(x.shape[-2:])} are not at stride {self.strides[-1]} of {expected}")
+        features["feature"] = x
+        semantic = self.semantic_head(x)
+        unity = self.unity_head(x) if with_unity and self.unity_head is not None else []
+        return features, semantic, unity
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Finest-level class logits of the semantic pyramid head."""
+        return self.semantic_head(features)[-1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Inference graph: log of the fused probabilities (Eq. 2) or the finest logits, at the feature stride when
+        the image size is a multiple of it, else at the image size."""
+        h, w = images.shape[-2:]
+        padded, _ = self._pad(images)
+        fuse = self.fusion == "fuse"
+        _, semantic, unity = self.pyramid(padded, with_unity=fuse)
+        out = fuse_pyramid(semantic, unity, self.tau).clamp_min(LOG_EPS).log() if fuse else semantic[-1]
+        stride = self.strides[-1]
+        if h % stride == 0 and w % stride == 0:
+            return out[..., : h // stride, : w // stride]
+        out = F.interpolate(out, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return out[..., :h, :w]
+
+    # ------------------------------------------------------------------------------------------------ training
+    def _cell_ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Mean CE (float32) of a coarse level's cells against its cell targets."""
+        loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="sum")
+        return loss / (target != self.ignore_index).sum().clamp_min(1)
+
+    def _unity_bce(self, prob: Tensor, target: Tensor) -> Tensor:
+        """Mean BCE (float32, probabilities clamped) of a unity level against its 0/1/ignore targets."""
+        valid = target != self.ignore_index
+        p = prob.float().clamp(UNITY_EPS, 1.0 - UNITY_EPS)
+        t = (target == 1).float()
+        loss = -(t * p.log() + (1.0 - t) * (1.0 - p).log())
+        return (loss * valid).sum() / valid.sum().clamp_min(1)
+
+    def training_outputs(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Eq. 1: mean CE over the L semantic levels + mean BCE over the L-1 unity levels, relabelled targets."""
+        images, labels = self._pad(images, labels)
+        features, semantic, unity = self.pyramid(images)
+        outputs = {"decoder": features["feature"], "encoder_last": features["encoder"][-1], "logits": semantic[-1]}
+        losses: dict[str, Tensor] = {}
+        if self.unity_head is None:
+            losses["ce"] = self.seg_loss(semantic[-1], labels)
+        else:
+            semantic_targets, unity_targets = pyramid_targets(labels, self.strides[:-1], self.ignore_index)
+            semantic_targets.append(labels)  # the finest level: CE on logits upsampled to the label size
+            semantic_targets, unity_targets = relabel_done_by_coarser(
+                semantic_targets, unity_targets, [u.detach() for u in unity], self.relabel, self.train_tau,
+                self.ignore_index,
+            )
+            ce = [self._cell_ce(y, t) for y, t in zip(semantic[:-1], semantic_targets[:-1])]
+            ce.append(self.seg_loss(semantic[-1], semantic_targets[-1]))
+            losses["ce"] = torch.stack(ce).mean()
+            losses["unity"] = torch.stack([self._unity_bce(u, t) for u, t in zip(unity, unity_targets)]).mean()
+        if self.aux_head is not None:
+            losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
+        return outputs, losses
+
+    # ------------------------------------------------------------------------------------ analysis (Table 9)
+    def level_outputs(self, images: Tensor, out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The level each pixel is taken from (`[B, *out_size]`, 0 = coarsest) and every level's class prediction
+        (`[B, L, *out_size]`), resized to `out_size` like the fused output."""
+        h, w = images.shape[-2:]
+        padded, _ = self._pad(images)
+        _, semantic, unity = self.pyramid(padded)
+        size = tuple(padded.shape[-2:])
+        level = fuse_level_map(unity, tuple(semantic[-1].shape[-2:]), self.tau)
+        level = F.interpolate(level[:, None].float(), size=size, mode="nearest")[..., :h, :w]
+        level = F.interpolate(level, size=out_size, mode="nearest")[:, 0].long()
+        preds = []
+        for logits in semantic:
+            probs = F.interpolate(logits.float().softmax(1), size=size, mode="bilinear", align_corners=False)
+            probs = F.interpolate(probs[..., :h, :w], size=out_size, mode="bilinear", align_corners=False)
+            preds.append(probs.argmax(1))
+        return level, torch.stack(preds, dim=1)
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        result = super().test_step(batch, batch_idx)
+        if self.level_analysis and self.unity_head is not None:
+            labels = batch["mask"]
+            level, preds = self.level_outputs(batch["image"], tuple(labels.shape[-2:]))
+            confusion = level_confusion(preds, level, labels, self.num_classes, self.ignore_index)
+            self._level_confusion = confusion if self._level_confusion is None else self._level_confusion + confusion
+            if batch_idx == 0:
+                self._log_level_map(batch["image"][0], labels[0], result["preds"][0], level[0])
+        return result
+
+    def _log_level_map(self, image: Tensor, label: Tensor, pred: Tensor, level: Tensor) -> None:
+        """TensorBoard image: input | ground truth | prediction | level map (dark = coarsest, yellow = finest)."""
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if not hasattr(experiment, "add_image"):
+            return
+        palette = palette_of(self.trainer, self.num_classes)
+        num_levels = len(self.strides)
+        ramp = np.linspace(0.0, 1.0, num_levels)[:, None]
+        level_palette = ((1 - ramp) * np.array([68, 1, 84]) + ramp * np.array([253, 231, 37])).astype(np.uint8)
+        rgb = denormalize(image)
+        panels = [colorize(label.cpu().numpy(), palette, self.ignore_index),
+                  colorize(pred.cpu().numpy(), palette, self.ignore_index),
+                  colorize(level.cpu().numpy(), level_palette.tolist(), 255)]
+        if rgb.shape[:2] == panels[0].shape[:2]:
+            panels.insert(0, rgb)
+        experiment.add_image("test/level_map", np.concatenate(panels, 1), self.global_step, dataformats="HWC")
+
+    def on_test_epoch_start(self) -> None:
+        self._level_confusion = None
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        if self._level_confusion is None:
+            return
+        confusion = self.trainer.strategy.reduce(self._level_confusion.double(), reduce_op="sum").long()
+        self._level_confusion = None
+        report = level_report(confusion)
+        num_levels = len(self.strides)
+        for assigned in range(num_levels):
+            self.log(f"test/level/share_l{assigned + 1}", report["share"][assigned], sync_dist=False)
+            for predicting in range(num_levels):
+                value = report["mIoU"][predicting][assigned]
+                if value == value:  # not NaN
+                    self.log(f"test/level/mIoU_l{assigned + 1}_by_l{predicting + 1}", value, sync_dist=False)
+        if self.trainer.is_global_zero:
+            table = format_level_table(report)
+            print(f"\n[test] level assignment (Table 9)\n{table}", flush=True)
+            if self.trainer.log_dir is not None and self.trainer.logger is not None:
+                folder = Path(self.trainer.log_dir) / "metrics"
+                folder.mkdir(parents=True, exist_ok=True)
+                clean = {key: json.loads(json.dumps(value).replace("NaN", "null")) for key, value in report.items()}
+                (folder / "test_levels.json").write_text(json.dumps(clean, indent=2))
+
+
+def level_report(confusion: Tensor) -> dict:
+    """Pixel share per assigned level and `mIoU[predicting][assigned]` (percent; NaN where no pixel) from
+    `[L, L, K, K]` level confusion matrices (Table 9)."""
+    totals = confusion[:, 0].sum(dim=(-1, -2)).double()
+    share = (100.0 * totals / totals.sum().clamp_min(1)).tolist()
+    iou = iou_from_confusion(confusion)  # [assigned, predicting, K]
+    miou = 100.0 * iou.nanmean(dim=-1)
+    return {"share": share, "mIoU": miou.transpose(0, 1).tolist()}
+
+
+def format_level_table(report: dict) -> str:
+    """Markdown table in the layout of Table 9 (rows: predicting level l', columns: assigned level l)."""
+    n = len(report["share"])
+    head = "| l' \\ l | " + " | ".join(f"{a + 1}" for a in range(n)) + " |"
+    lines = [head, "|" + " --- |" * (n + 1)]
+    lines.append("| share % | " + " | ".join(f"{v:.2f}" for v in report["share"]) + " |")
+    for p in range(n):
+        lines.append(f"| {p + 1} | " + " | ".join(f"{v:.2f}" for v in report["mIoU"][p]) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["SpecializeFuse", "format_level_table", "level_report"]

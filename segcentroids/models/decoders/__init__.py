@@ -1,0 +1,57 @@
+"""Decoders of ``SegModel``: one module per architecture; each maps the encoder pyramid to ``{"decoder": ...}``."""
+
+from torch import nn
+
+from .deeplabv3 import DeepLabV3Decoder
+from .deeplabv3plus import DeepLabV3PlusDecoder
+from .fcn import FCNConvs, FCNDecoder
+from .fpn import FPNDecoder
+from .identity import IdentityDecoder
+from .ocr import OCRDecoder
+from .pspnet import PSPNetDecoder
+from .resize_concat import ResizeConcat
+from .segformer import SegformerDecoder
+from .upernet import UPerNetDecoder
+
+__all__ = [
+    "DeepLabV3Decoder",
+    "DeepLabV3PlusDecoder",
+    "FCNConvs",
+    "FCNDecoder",
+    "FPNDecoder",
+    "IdentityDecoder",
+    "OCRDecoder",
+    "PSPNetDecoder",
+    "ResizeConcat",
+    "SegformerDecoder",
+    "UPerNetDecoder",
+    "build_decoder",
+]
+
+
+def build_decoder(
+    arch: str, encoder_channels: list[int], decoder_channels: int, encoder_stride: int, num_classes: int | None
+) -> nn.Module:
+    """Build the decoder of ``arch`` for an encoder with ``encoder_channels`` whose deepest stage is at
+    ``encoder_stride``; ``num_classes`` is the number of soft object regions of ``ocr`` (unused otherwise)."""
+    if arch == "fcn":
+        return FCNDecoder(encoder_channels, decoder_channels)
+    if arch == "pspnet":
+        return PSPNetDecoder(encoder_channels, decoder_channels)
+    if arch == "deeplabv3":
+        return DeepLabV3Decoder(encoder_channels, decoder_channels, encoder_stride)
+    if arch == "ocr":
+        if num_classes is None or num_classes < 1:
+            raise ValueError(f"arch 'ocr' needs num_classes (its soft object regions are K-way), got {num_classes}")
+        return OCRDecoder(encoder_channels, decoder_channels, num_classes)
+    if arch == "identity":
+        return IdentityDecoder(encoder_channels)
+    if arch == "deeplabv3plus":
+        return DeepLabV3PlusDecoder(encoder_channels, decoder_channels)
+    if arch == "fpn":
+        return FPNDecoder(encoder_channels, decoder_channels)
+    if arch == "upernet":
+        return UPerNetDecoder(encoder_channels, decoder_channels)
+    if arch == "segformer":
+        return SegformerDecoder(encoder_channels, decoder_channels)
+    raise ValueError(f"unknown arch {arch!r}")

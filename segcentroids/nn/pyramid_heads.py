@@ -1,0 +1,225 @@
+"""Heads of Specialize and Fuse (ICCV 2021, Sec. 4): the unity head and the semantic pyramid head with the
+coarse-to-fine contextual module (and the ANL baselines of Table 6)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CONTEXTS = ("none", "anl", "anl_multi", "coarse_to_fine")
+OUTPUTS = ("single", "pyramid")
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, dims: int = 2) -> nn.Sequential:
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
+    return nn.Sequential(conv(in_channels, out_channels, 1, bias=False), norm(out_channels), nn.ReLU(inplace=True))
+
+
+def _check_factors(factors: list[int]) -> None:
+    decreasing = all(a > b for a, b in zip(factors, factors[1:]))
+    if not factors or factors[-1] != 1 or not decreasing:
+        raise ValueError(f"level factors must be strictly decreasing and end with 1 (the finest level), got {factors}")
+
+
+class PyramidPool(nn.Module):
+    """Adaptive average pooling to `sizes` x `sizes` grids, flattened and concatenated: `[B, C, sum(s^2)]` tokens
+    (1, 3, 6, 8 -> 110 tokens, Eq. 6)."""
+
+    def __init__(self, sizes: tuple[int, ...] = (1, 3, 6, 8)) -> None:
+        super().__init__()
+        self.sizes = tuple(sizes)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s * s for s in self.sizes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([F.adaptive_avg_pool2d(x, s).flatten(2) for s in self.sizes], dim=2)
+
+
+class UnityHead(nn.Module):
+    """Unity pyramid (Sec. 4.1, Fig. 2b): per level, how close every finest-grid embedding is to its cell centroid,
+    min-pooled over the cell.
+
+    `X_u = Conv1x1(X)`; `centroid_l = Conv1x1_c(AvgPool(X_u, k_l))`, nearest-upsampled; `diff_l = Conv1x1_p(X_u) -
+    centroid_l`; `p_l = sigmoid(Conv1x1_o(diff_l))`; `U_l = MinPool(p_l, k_l)`. The centroid, pixel and output convs
+    are shared by all levels.
+    """
+
+    def __init__(self, in_channels: int, cell_factors: list[int], unity_channels: int = 64) -> None:
+        """
+        Args:
+            in_channels: D, channels of the backbone feature at the finest level.
+            cell_factors: cell size of each unity level in finest-grid cells, coarsest first (e.g. [8, 4, 2]).
+            unity_channels: D_u.
+        """
+        super().__init__()
+        if not cell_factors or any(f < 2 for f in cell_factors):
+            raise ValueError(f"unity cell_factors must be >= 2, got {cell_factors}")
+        self.cell_factors = list(cell_factors)
+        self.reduce = nn.Conv2d(in_channels, unity_channels, 1)
+        self.centroid = nn.Conv2d(unity_channels, unity_channels, 1)
+        self.pixel = nn.Conv2d(unity_channels, unity_channels, 1)
+        self.output = nn.Conv2d(unity_channels, 1, 1)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """`[B, D, h, w]` -> unity probabilities `[B, h / k_l, w / k_l]` per level, coarsest first."""
+        x_u = self.reduce(x)
+        pixel = self.pixel(x_u)
+        unity = []
+        for k in self.cell_factors:
+            centroid = self.centroid(F.avg_pool2d(x_u, k))
+            diff = pixel - centroid.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+            prob = torch.sigmoid(self.output(diff).float())
+            unity.append(-F.max_pool2d(-prob, k).squeeze(1))  # min pooling
+        return unity
+
+
+class ContextAggregation(nn.Module):
+    """CA (Eq. 8-9, Fig. 2d): attention with queries from the feature map and keys/values from context tokens, then
+    `Conv1x1-BN-ReLU(concat(attended, X))`. With the tokens `PyramidPool(X)` it is the ANL block (APNB) of [34]."""
+
+    def __init__(self, channels: int, key_channels: int | None = None) -> None:
+        super().__init__()
+        key_channels = key_channels or channels // 2
+        self.query = _conv_bn_relu(channels, key_channels)
+        self.key = _conv_bn_relu(channels, key_channels, dims=1)
+        self.value = nn.Conv1d(channels, channels, 1)
+        self.aggregate = _conv_bn_relu(2 * channels, channels)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """x `[B, C, h, w]`, context tokens `[B, C, N]` -> refined `[B, C, h, w]`."""
+        b, _, h, w = x.shape
+        query = self.query(x).flatten(2).transpose(1, 2)  # [B, hw, Ck]
+        key = self.key(context).transpose(1, 2)  # [B, N, Ck]
+        value = self.value(context).transpose(1, 2)  # [B, N, C]
+        attended = F.scaled_dot_product_attention(query, key, value)  # softmax(q k^T / sqrt(Ck)) v
+        attended = attended.transpose(1, 2).reshape(b, -1, h, w)
+        return self.aggregate(torch.cat([attended, x], dim=1))
+
+
+class ContextUpdate(nn.Module):
+    """CU (Eq. 10-11, Fig. 2e): `theta_l = Conv1x1-BN-ReLU(concat(PyramidPool(X'_l), theta_{l-1}))`, same tokens."""
+
+    def __init__(self, channels: int, pool: PyramidPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.update = _conv_bn_relu(2 * channels, channels, dims=1)
+
+    def forward(self, refined: Tensor, context: Tensor) -> Tensor:
+        return self.update(torch.cat([self.pool(refined), context], dim=1))
+
+
+class ANLBlock(nn.Module):
+    """Asymmetric non-local block [34]: CA with the map's own pyramid-pooled tokens as keys and values."""
+
+    def __init__(self, channels: int, pool: PyramidPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.attend = ContextAggregation(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attend(x, self.pool(x))
+
+
+class SemanticPyramidHead(nn.Module):
+    """Semantic pyramid (Sec. 4.2, Fig. 2c) with the Table 6 options.
+
+    `X^(L) = Conv1x1(X)`; `X^(l) = AvgPool(X^(L), 2^(L-l))` (Eq. 3, here any factor list); optional context;
+    `Y^(l) = ConvBlock^(l)(X'^(l))` (Eq. 7).
+
+    context: `none` (X' = X), `anl` (one ANL block on X^(L) before pooling), `anl_multi` (an ANL block per level),
+    `coarse_to_fine` (Eq. 4-6, 8-11: theta^(0) = PyramidPool(X^(L)), CA then CU from coarse to fine).
+    output: `pyramid` (all levels) or `single` (the finest level only; `coarse_to_fine` still runs the coarse
+    feature levels to carry context, `anl_multi` is undefined and refused).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        level_factors: list[int],
+        channels: int = 512,
+        context: str = "coarse_to_fine",
+        output: str = "pyramid",
+        pool_sizes: tuple[int, ...] = (1, 3, 6, 8),
+        dropout: float = 0.1,
+    ) -> None:
+        """
+        Args:
+            in_channels: D.
+            level_factors: pooling factor of each level relative to the finest, coarsest first, ending with 1.
+            channels: D_s.
+        """
+        super().__init__()
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if output == "single" and context == "anl_multi":
+            raise ValueError("context='anl_multi' needs output='pyramid' (Table 6 has no single-output ANL-multi)")
+        _check_factors(list(level_factors))
+        self.context, self.output = context, output
+        feature_factors = list(level_factors) if output == "pyramid" or context == "coarse_to_fine" else [1]
+        self.feature_factors = feature_factors
+        self.project = _conv_bn_relu(in_channels, channels)
+        pool = PyramidPool(pool_sizes)
+        self.pool = pool
+        n = len(feature_factors)
+        self.anl = ANLBlock(channels, pool) if context == "anl" else None
+        self.anl_multi = nn.ModuleList(ANLBlock(channels, pool) for _ in range(n)) if context == "anl_multi" else None
+        if context == "coarse_to_fine":
+            self.aggregate = nn.ModuleList(ContextAggregation(channels) for _ in range(n))
+            self.update = nn.ModuleList(ContextUpdate(channels, pool) for _ in range(n - 1))
+        num_outputs = n if output == "pyramid" else 1
+        self.classify = nn.ModuleList(
+            nn.Sequential(_conv_bn_relu(channels, channels), nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1))
+            for _ in range(num_outputs)
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """`[B, D, h, w]` -> class logits per output level, coarsest first (one tensor for `output="single"`)."""
+        finest = self.project(x)
+        if self.anl is not None:
+            finest = self.anl(finest)
+        features = [F.avg_pool2d(finest, f) if f > 1 else finest for f in self.feature_factors]  # Eq. 3
+        if self.anl_multi is not None:
+            features = [block(feature) for block, feature in zip(self.anl_multi, features)]
+        elif self.context == "coarse_to_fine":
+            context = self.pool(finest)  # Eq. 6
+            refined = []
+            for level, feature in enumerate(features):
+                refined.append(self.aggregate[level](feature, context))  # Eq. 4, 8-9
+                if level < len(self.update):
+                    context = self.update[level](refined[-1], context)  # Eq. 5, 10-11
+            features = refined
+        if self.output == "single":
+            features = features[-1:]
+        return [block(feature) for block, feature in zip(self.classify, features)]  # Eq. 7
+
+
+class StageConcat(nn.Module):
+    """HRNetV2-style feature (Sec. 5.1.2): encoder stages, each optionally reduced by Conv1x1-BN-ReLU, bilinearly
+    upsampled to the first (finest) stage and concatenated. HRNet-W48's four branches give D = 48+96+192+384 = 720;
+    a ResNet's stages reduced to (48, 96, 192, 384) give the paper's light ResNet-101 decoder with D = 720."""
+
+    def __init__(self, in_channels: list[int], reduced_channels: list[int] | None = None) -> None:
+        super().__init__()
+        if reduced_channels is not None and len(reduced_channels) != len(in_channels):
+            raise ValueError(
+                f"concat_channels needs one entry per stage ({len(in_channels)}), got {list(reduced_channels)}"
+            )
+        self.reduce = (
+            nn.ModuleList(_conv_bn_relu(c_in, c_out) for c_in, c_out in zip(in_channels, reduced_channels))
+            if reduced_channels is not None else None
+        )
+        self.out_channels = sum(reduced_channels if reduced_channels is not None else in_channels)
+
+    def forward(self, stages: list[Tensor]) -> Tensor:
+        if self.reduce is not None:
+            stages = [reduce(stage) for reduce, stage in zip(self.reduce, stages)]
+        size = stages[0].shape[-2:]
+        return torch.cat(
+            [stages[0]] + [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages[1:]], 1
+        )

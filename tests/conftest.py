@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny models and data, and the CLI run in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TINY_DATA = str(CONFIGS / "data" / "synthetic_tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def tiny_overrides(run_dir: Path, *extra: str) -> list[str]:
+    """Arguments that shrink any config to a tiny CPU run in `run_dir`."""
+    return [
+        f"--data={TINY_DATA}",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={run_dir}",
+        *extra,
+    ]

@@ -1,0 +1,508 @@
+"""MCIBI: feature memory (Eq. 6-10), momentum (Eq. 7), DCA / fuse / RCL, the method, DDP and resume exactness."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from segcentroids.callbacks.memory import MemoryUpdate, cosine_similarity_matrix, similarity_image
+from segcentroids.callbacks.momentum import MomentumSchedule, poly_momentum, set_module_value
+from segcentroids.data import SyntheticDataModule
+from segcentroids.losses.memory_consistency import representation_consistency_loss
+from segcentroids.methods import MCIBI, Baseline
+from segcentroids.models import SegModel
+from segcentroids.nn.dataset_context import ContextFusion, CrossAttention, DatasetContextAggregation
+from segcentroids.nn.memory import RESOLUTIONS, WEIGHT_EPS, FeatureMemory
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------- references
+def loop_update(memory: torch.Tensor, initialized: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                momentum: float, weighting: str, resolution: str, ignore_index: int = 255):
+    """Straightforward per-class loop (the authors' way): features upsampled to the labels (or labels
+    nearest-downsampled to the features), Eq. 8-10 per class present, Eq. 6; first sight = class mean."""
+    memory, initialized = memory.clone(), initialized.clone()
+    if resolution == "label":
+        grid = F.interpolate(features.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    else:
+        grid = features.float()
+        labels = F.interpolate(labels[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
+    pixels = grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])
+    flat = labels.reshape(-1)
+    for k in range(memory.shape[0]):
+        members = pixels[flat == k]
+        if len(members) == 0:
+            continue
+        if initialized[k] == 0:
+            memory[k] = members.mean(0)
+            initialized[k] = 1
+            continue
+        if weighting == "cosine":
+            similarity = F.cosine_similarity(members, memory[k].expand_as(members), dim=1)
+            weights = (1 - similarity).clamp_min(0) + WEIGHT_EPS
+        else:
+            weights = torch.ones(len(members))
+        target = (weights[:, None] * members).sum(0) / weights.sum()
+        memory[k] = (1 - momentum) * memory[k] + momentum * target
+    return memory, initialized
+
+
+# ------------------------------------------------------------------------------------------ memory by hand
+def test_cosine_weights_by_hand():
+    """Eq. 9-10 on three 2-D pixels of one initialised class, at feature resolution."""
+    memory = FeatureMemory(2, 2, update_resolution="feature")
+    memory.memory[0] = torch.tensor([1.0, 0.0])
+    memory.initialized[0] = 1.0
+    # pixels [1, 0] (s = 1, w = 0), [0, 1] (s = 0, w = 1), [-1, 0] (s = -1, w = 2)
+    features = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]]).view(1, 2, 1, 3)
+    labels = torch.zeros(1, 1, 3, dtype=torch.long)
+    memory.update(features, labels, momentum=0.5)
+    e = WEIGHT_EPS
+    target = torch.tensor([e * 1 + 2 * -1.0, 1.0]) / (3 + 3 * e)  # (w1 f1 + w2 f2 + w3 f3) / sum w
+    expected = 0.5 * torch.tensor([1.0, 0.0]) + 0.5 * target  # Eq. 6
+    torch.testing.assert_close(memory.memory[0], expected, rtol=0, atol=1e-6)
+    assert torch.allclose(memory.memory[0], torch.tensor([1 / 6, 1 / 6]), atol=1e-5)
+
+
+def test_first_sight_absent_and_ignore_by_hand():
+    memory = FeatureMemory(3, 2, update_resolution="feature")
+    memory.memory[2] = torch.tensor([5.0, -5.0])
+    memory.initialized[2] = 1.0
+    # class 1: pixels [2, 4] and [4, 0]; an ignore pixel with a huge feature; class 0 and 2 absent
+    features = torch.tensor([[2.0, 4.0, 1e6], [4.0, 0.0, -1e6]]).view(1, 2, 1, 3)
+    labels = torch.tensor([[[1, 1, 255]]])
+    memory.update(features, labels, momentum=0.9)
+    torch.testing.assert_close(memory.memory[1], torch.tensor([3.0, 2.0]))  # class mean, no momentum
+    torch.testing.assert_close(memory.memory[2], torch.tensor([5.0, -5.0]))  # absent: unchanged
+    torch.testing.assert_close(memory.memory[0], torch.zeros(2))
+    assert memory.initialized.tolist() == [0.0, 1.0, 1.0]
+    assert memory.memory.dtype == torch.float32 and memory.initialized.dtype == torch.float32
+
+
+def test_mean_weighting_by_hand():
+    memory = FeatureMemory(1, 2, weighting="mean", update_resolution="feature")
+    memory.memory[0] = torch.tensor([1.0, 1.0])
+    memory.initialized[0] = 1.0
+    features = torch.tensor([[3.0, 5.0], [1.0, -1.0]]).view(1, 2, 1, 2)
+    memory.update(features, torch.zeros(1, 1, 2, dtype=torch.long), momentum=0.25)
+    torch.testing.assert_close(memory.memory[0], 0.75 * torch.tensor([1.0, 1.0]) + 0.25 * torch.tensor([4.0, 0.0]))
+
+
+def test_all_ignore_batch_leaves_memory_unchanged():
+    for resolution in ("label", "feature"):
+        memory = FeatureMemory(3, 4, update_resolution=resolution)
+        memory.update(torch.randn(2, 4, 3, 3), torch.full((2, 12, 12), 255), momentum=0.5)
+        assert memory.memory.abs().sum() == 0 and memory.initialized.sum() == 0
+
+
+def test_label_resolution_upsamples_the_features():
+    """One class covering the whole label map: its first-sight row is the mean of the bilinearly upsampled map
+    (which differs from the mean of the feature grid)."""
+    features = torch.tensor([[0.0, 0.0, 9.0]]).view(1, 1, 1, 3)
+    labels = torch.zeros(1, 1, 7, dtype=torch.long)
+    memory = FeatureMemory(1, 1, update_resolution="label")
+    memory.update(features, labels, 0.5)
+    # 7 outputs from 3 inputs at src = (i + 0.5) * 3 / 7 - 0.5: 0 up to src 1, then linear to 9 at src 2, then 9
+    src = [(i + 0.5) * 3 / 7 - 0.5 for i in range(7)]
+    upsampled = [9.0 * min(max(s - 1, 0.0), 1.0) for s in src]
+    torch.testing.assert_close(memory.memory[0, 0], torch.tensor(sum(upsampled) / 7))
+
+
+@pytest.mark.parametrize("resolution", ["label", "feature"])
+@pytest.mark.parametrize("weighting", ["cosine", "mean"])
+def test_update_matches_per_class_loop(resolution: str, weighting: str):
+    torch.manual_seed(0)
+    num_classes, channels = 5, 6
+    module = FeatureMemory(num_classes, channels, weighting=weighting, update_resolution=resolution)
+    memory, initialized = module.memory.clone(), module.initialized.clone()
+    for step, (size, label_size) in enumerate([((3, 4), (13, 11)), ((4, 4), (16, 16)), ((5, 3), (9, 20))]):
+        features = torch.randn(2, channels, *size)
+        labels = torch.randint(0, 3 + step, (2, *label_size))  # classes 3, 4 absent at first
+        labels[0, :2] = 255
+        module.update(features, labels, momentum=0.3)
+        memory, initialized = loop_update(memory, initialized, features, labels, 0.3, weighting, resolution)
+        torch.testing.assert_close(module.memory, memory, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(module.initialized, initialized)
+
+
+def test_random_pixel_init_picks_one_pixel():
+    torch.manual_seed(0)
+    memory = FeatureMemory(2, 3, init="random_pixel", update_resolution="feature")
+    features = torch.randn(1, 3, 4, 4)
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[0, 2:] = 1
+    memory.update(features, labels, 0.5)
+    pixels = features[0].flatten(1).T
+    for k in range(2):
+        members = pixels[labels.flatten() == k]
+        assert (members - memory.memory[k]).abs().amax(1).min() < 1e-6
+
+
+def test_bad_options_name_key_and_value():
+    with pytest.raises(ValueError, match="weighting.*'cos'"):
+        FeatureMemory(3, 4, weighting="cos")
+    with pytest.raises(ValueError, match="update_resolution.*'pixel'"):
+        FeatureMemory(3, 4, update_resolution="pixel")
+    with pytest.raises(ValueError, match="schedule.*'linear'"):
+        MomentumSchedule(schedule="linear")
+    with pytest.raises(ValueError, match="fuse.*'sum'"):
+        ContextFusion(8, "sum")
+
+
+def test_bf16_features_give_float32_memory():
+    memory = FeatureMemory(3, 4)
+    features = torch.randn(1, 4, 3, 3).bfloat16()
+    labels = torch.randint(0, 3, (1, 9, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        memory.update(features, labels, 0.5)
+        memory.update(features, labels, 0.5)
+    assert memory.memory.dtype == torch.float32 and torch.isfinite(memory.memory).all()
+
+
+# ------------------------------------------------------------------------------------------------ DDP (gloo)
+def _ddp_worker(rank: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        for resolution in RESOLUTIONS:
+            memory = FeatureMemory(4, 5, update_resolution=resolution)
+            for features, labels in _ddp_batches():
+                memory.update(features[rank * 2:(rank + 1) * 2], labels[rank * 2:(rank + 1) * 2], momentum=0.4)
+            torch.save({"memory": memory.memory, "initialized": memory.initialized},
+                       f"{folder}/{resolution}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(3):
+        features = torch.randn(4, 5, 3, 3, generator=generator)
+        labels = torch.randint(0, 3, (4, 10, 10), generator=generator)
+        labels[2:, :3] = 3  # class 3 only on rank 1
+        labels[0, 5:] = 255
+        batches.append((features, labels))
+    return batches
+
+
+def test_ddp_memories_identical_and_equal_to_single_process(tmp_path: Path):
+    """Two gloo processes, each with half of every global batch. Forked rather than spawned: the workers need no
+    fresh interpreter (and re-importing the package twice costs most of a minute on a loaded CPU); they use one
+    thread, as DataLoader workers do."""
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_ddp_worker, args=(str(tmp_path),), nprocs=2, join=True, start_method=method)
+    for resolution in RESOLUTIONS:
+        ranks = [torch.load(tmp_path / f"{resolution}{r}.pt") for r in range(2)]
+        assert torch.equal(ranks[0]["memory"], ranks[1]["memory"])
+        assert torch.equal(ranks[0]["initialized"], ranks[1]["initialized"])
+        single = FeatureMemory(4, 5, update_resolution=resolution)
+        for features, labels in _ddp_batches():
+            single.update(features, labels, momentum=0.4)
+        torch.testing.assert_close(ranks[0]["memory"], single.memory, rtol=1e-5, atol=1e-6)
+        assert ranks[0]["initialized"].tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------- momentum, Eq. 7
+def test_poly_momentum_eq7():
+    assert poly_momentum(0, 100) == pytest.approx(0.9)
+    assert poly_momentum(50, 100) == pytest.approx(0.5**0.9 * (0.9 - 0.009) + 0.009)
+    assert poly_momentum(100, 100) == pytest.approx(0.009)
+    assert poly_momentum(100, 100, m0=1.0, power=2.0) == pytest.approx(0.01)
+    assert poly_momentum(25, 100, m0=1.0, power=2.0) == pytest.approx(0.75**2 * 0.99 + 0.01)
+    constant = MomentumSchedule(schedule="constant", m0=0.7)
+    assert constant.value(0, 100) == constant.value(100, 100) == 0.7
+    assert MomentumSchedule(m0=0.9).value(50, 100) == pytest.approx(0.5**0.9 * 0.891 + 0.009)
+    with pytest.raises(ValueError, match="finite"):
+        MomentumSchedule().value(3, math.inf)
+
+
+def test_set_module_value_keeps_buffer_identity():
+    module = torch.nn.Module()
+    module.register_buffer("m", torch.tensor(0.9))
+    buffer = module.m
+    set_module_value(module, "m", 0.25)
+    assert module.m is buffer and module.m.item() == 0.25 and module.m.dtype == torch.float32
+    set_module_value(module, "plain", 0.5)
+    assert module.plain == 0.5
+
+
+def test_memory_update_callback_feeds_outputs():
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.memory = FeatureMemory(2, 3, update_resolution="feature")
+            self.register_buffer("memory_momentum", torch.tensor(0.5))
+
+    holder = Holder()
+    features = torch.arange(12.0).view(1, 3, 2, 2)
+    batch = {"mask": torch.tensor([[[0, 0], [1, 255]]])}
+    MemoryUpdate().on_train_batch_end(None, holder, {"loss": 0, "outputs": {"memory_features": features}}, batch, 0)
+    torch.testing.assert_close(holder.memory.memory[0], features[0, :, 0, :2].mean(1))
+    torch.testing.assert_close(holder.memory.memory[1], features[0, :, 1, 0])
+    with pytest.raises(KeyError, match="memory_features"):
+        MemoryUpdate().on_train_batch_end(None, holder, {"loss": 0, "outputs": {}}, batch, 0)
+
+
+def test_similarity_matrix_and_image():
+    memory = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
+    expected = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]])
+    torch.testing.assert_close(cosine_similarity_matrix(memory), expected)
+    image = similarity_image(expected, cell=4)
+    assert image.shape == (12, 12, 3) and image.dtype.name == "uint8"
+
+
+# ----------------------------------------------------------------------------------------- DCA, fuse, RCL
+def test_dca_coarse_context_is_probability_weighted_memory():
+    """Eq. 12: with attention refining to the identity-free path checked separately, C'_bi = W^T M per pixel."""
+    torch.manual_seed(0)
+    dca = DatasetContextAggregation(channels=4, num_classes=3, transform_channels=2).eval()
+    memory = torch.randn(3, 4)
+    features = torch.randn(2, 4, 3, 3)
+    captured = {}
+    dca.refine.register_forward_hook(lambda module, args, out: captured.update(keys=args[1]))
+    logits, context = dca(features, memory)
+    probs = torch.softmax(logits, dim=1)
+    for b, y, x in [(0, 0, 0), (1, 2, 1)]:
+        by_hand = sum(probs[b, k, y, x] * memory[k] for k in range(3))
+        torch.testing.assert_close(captured["keys"][b, :, y, x], by_hand)
+    assert context.shape == features.shape
+
+
+def test_cross_attention_by_hand():
+    """Eq. 13-14 with identity-like projections: output = g_o(softmax(q k^T / sqrt(T)) v)."""
+    torch.manual_seed(0)
+    block = CrossAttention(2, 2, 2, 2).eval()
+    queries, keys = torch.randn(1, 2, 1, 2), torch.randn(1, 2, 2, 1)
+    q = block.query(queries).flatten(2)[0].T  # [2 query positions, T]
+    k = block.key(keys).flatten(2)[0].T  # [2 key positions, T]
+    v = block.value(keys).flatten(2)[0].T
+    relation = torch.softmax(q @ k.T / math.sqrt(2), dim=1)
+    expected = block.out((relation @ v).T.reshape(1, 2, 1, 2))
+    torch.testing.assert_close(block(queries, keys), expected)
+
+
+def test_fuse_modes():
+    torch.manual_seed(0)
+    r, c = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(ContextFusion(4, "add")(r, c), r + c)
+    weighted = ContextFusion(4, "weighted_add")
+    out = weighted(r, c)
+    w = torch.softmax(weighted.merge(torch.cat([r, c], 1)), 1)
+    torch.testing.assert_close(out, w[:, :1] * r + w[:, 1:] * c)
+    concat = ContextFusion(4, "concat", context_channels=6)
+    assert concat(r, c, torch.randn(2, 6, 6, 6)).shape == (2, 4, 6, 6)  # at C_wi's resolution
+    with pytest.raises(ValueError, match="within-image"):
+        concat(r, c)
+
+
+def test_rcl_loss_by_hand_only_initialised_rows():
+    classifier = torch.nn.Conv2d(2, 3, 1, bias=False)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.eye(3, 2).view(3, 2, 1, 1))  # logits = [m0, m1, 0]
+    memory = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    initialized = torch.tensor([1.0, 1.0, 0.0])
+    loss = representation_consistency_loss(classifier, memory, initialized)
+    ce0 = -math.log(math.exp(2) / (math.exp(2) + 1 + 1))
+    ce1 = -math.log(math.e / (1 + math.e + 1))
+    assert loss.item() == pytest.approx((ce0 + ce1) / 2, rel=1e-6)
+    assert representation_consistency_loss(classifier, memory, torch.zeros(3)).item() == 0.0
+
+
+# ------------------------------------------------------------------------------------------------- the method
+def _model(arch: str = "fcn", num_classes: int = 4, **kwargs) -> MCIBI:
+    torch.manual_seed(0)
+    segmodel = SegModel(arch=arch, encoder_name="resnet18", encoder_weights=None, decoder_channels=32,
+                        num_classes=num_classes if arch == "ocr" else None)
+    return MCIBI(segmodel=segmodel, num_classes=num_classes, memory_channels=16, transform_channels=8, **kwargs)
+
+
+@pytest.mark.parametrize("arch", ["fcn", "pspnet", "deeplabv3", "ocr", "fpn"])
+def test_mcibi_frameworks_train_and_infer(arch: str):
+    model = _model(arch, rcl_start_step=0, aux_weight=0.4)
+    images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    labels[1] = 255  # an all-ignore crop
+    outputs, losses = model.training_outputs(images, labels)
+    assert set(losses) == {"ce", "class_probability", "aux", "memory"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(model.loss_weights.get(k, 1.0) * v for k, v in losses.items()).backward()
+    assert model.bottleneck[0].weight.grad is not None and model.dca.classify[0][0].weight.grad is not None
+    assert model.memory.memory.grad is None  # not learnable
+    assert (model.segmodel.decoder is None) == (arch == "fcn")  # FCN + MCIBI: R from the encoder only
+    model.memory.update(outputs["memory_features"], labels, 0.9)
+    assert model.memory.initialized.sum() > 0
+    model.eval()
+    before = model.memory.memory.clone()
+    logits = model(images)
+    assert logits.shape == (2, 4, *outputs["logits"].shape[-2:])
+    assert torch.equal(model.memory.memory, before)
+
+
+def test_mcibi_paper_defaults_and_switches():
+    model = _model()
+    assert model.loss_weights["class_probability"] == 0.4 and model.loss_weights["memory"] == 1.0
+    assert model.memory.weighting == "cosine" and model.memory.update_resolution == "label"
+    assert model.momentum_schedule.m0 == 0.9 and model.momentum_schedule.power == 0.9
+    assert model.momentum_schedule.schedule == "poly" and model.fusion.fuse == "concat" and model.rcl
+    switched = _model(weighting="mean", momentum_schedule="constant", fuse="add", rcl=False, alpha=0.2,
+                      update_resolution="feature", m0=1.0)
+    assert switched.memory.weighting == "mean" and switched.memory.update_resolution == "feature"
+    assert switched.momentum_schedule.schedule == "constant" and switched.momentum_schedule.m0 == 1.0
+    assert switched.fusion.fuse == "add" and switched.loss_weights["class_probability"] == 0.2
+    _, losses = switched.training_outputs(torch.randn(1, 3, 32, 32), torch.randint(0, 4, (1, 32, 32)))
+    assert "memory" not in losses
+    names = [type(c).__name__ for c in model.configure_callbacks()]
+    assert names == ["MomentumSchedule", "MemoryUpdate", "MemorySimilarityLogger"]
+    with pytest.raises(ValueError, match="alpha"):
+        _model(alpha=-1.0)
+
+
+def test_mcibi_bf16_autocast_float32_memory_finite_losses():
+    model = _model(rcl_start_step=0)
+    images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(2):
+            outputs, losses = model.training_outputs(images, labels)
+            model.memory.update(outputs["memory_features"].detach(), labels, 0.5)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    assert model.memory.memory.dtype == torch.float32 and torch.isfinite(model.memory.memory).all()
+
+
+# ------------------------------------------------------------------------------------ Trainer: schedule, resume
+class UnshuffledData(SyntheticDataModule):
+    """Training batches in a fixed order: Lightning does not restore the global RNG that shuffling draws from, so
+    only a fixed order makes an exact-resume comparison possible."""
+
+    def train_dataloader(self):
+        return self._loader("train", self.batch_size, training=False)
+
+
+def _tiny_fit(root: Path, callbacks: list | None = None, ckpt_path: str | None = None) -> MCIBI:
+    L.seed_everything(0)
+    data = UnshuffledData(num_classes=4, image_size=(32, 32), train_size=4, val_size=2, test_size=2,
+                               batch_size=2, val_batch_size=2, num_workers=0, ratio_range=(1.0, 1.0), flip_prob=0.0,
+                               photometric=False)
+    model = _model(dropout=0.0, similarity_log_every_n_steps=1)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=bool(callbacks),
+                        callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=root)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
+    return model
+
+
+def test_schedule_memory_update_and_resume_exactness(tmp_path: Path):
+    """A run resumed from its epoch-1 checkpoint ends with the same weights, memory, flags and momentum as the
+    uninterrupted run; the callbacks came from `configure_callbacks` alone."""
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    full = _tiny_fit(tmp_path / "a", [checkpoints])
+    assert full.memory.initialized.tolist() == [1.0, 1.0, 1.0, 1.0]
+    # 4 steps in all: the last batch started at step 3 -> Eq. 7 with t = 3, T = 4
+    assert full.memory_momentum.item() == pytest.approx(0.25**0.9 * 0.891 + 0.009, rel=1e-6)
+    halfway = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", weights_only=False)["state_dict"]
+    assert halfway["memory.initialized"].sum() > 0
+    assert not torch.equal(halfway["memory.memory"], full.memory.memory)
+    resumed = _tiny_fit(tmp_path / "b", ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt"))
+    expected, got = full.state_dict(), resumed.state_dict()
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "configs" / "experiments" / "mcibi").glob("*.yaml"))
+ABLATIONS = sorted((ROOT / "configs" / "ablations" / "mcibi").glob("*.yaml"))
+TINY_DATA = str(ROOT / "configs" / "data" / "synthetic_tiny.yaml")
+
+
+def _fast_dev_run(config: Path, run_dir: Path, *extra: str) -> None:
+    """fast_dev_run of a config on the tiny synthetic data with a tiny SegModel of the same arch."""
+    from segcentroids.cli import main
+
+    arch = yaml.safe_load(config.read_text())["model"]["init_args"]["segmodel"]["init_args"]["arch"]
+    tiny = {"arch": arch, "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32}
+    if arch == "ocr":
+        tiny["num_classes"] = 8
+    segmodel = json.dumps({"class_path": "segcentroids.models.SegModel", "init_args": tiny})
+    # the paper configs' crop / resize settings would otherwise carry over to the synthetic DataModule, and
+    # Cityscapes' 512x1024 slide windows would be padded around the 64x64 images
+    data = ["--data.init_args.crop_size=[64,64]", "--data.init_args.scale=null", "--data.init_args.test_scale=null",
+            "--model.init_args.inference.mode=whole"]
+    main(["fit", "--config", str(config), "--data", TINY_DATA, *data, "--trainer.fast_dev_run=true",
+          "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
+          "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={run_dir}",
+          f"--model.init_args.segmodel={segmodel}", *extra])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=[c.stem for c in EXPERIMENTS])
+def test_config_fast_dev_run(config: Path, tmp_path: Path):
+    spec = yaml.safe_load(config.read_text())
+    assert spec["model"]["class_path"] == "segcentroids.methods.MCIBI"
+    small = ["--model.init_args.memory_channels=32", "--model.init_args.transform_channels=16"]
+    _fast_dev_run(config, tmp_path, *small)
+
+
+@pytest.mark.slow
+def test_baseline_row_switches_the_class(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """An ablation row `--model.class_path=...Baseline` on an MCIBI config runs the Baseline of the same model."""
+    table = yaml.safe_load((ROOT / "configs" / "ablations" / "mcibi" / "table1_fuse.yaml").read_text())
+    row = next(r for r in table["rows"] if r["name"] == table["baseline"])
+    _fast_dev_run(ROOT / table["base"][0], tmp_path, *row["overrides"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _fast_dev_run(ROOT / table["base"][0], tmp_path, *row["overrides"], "--print_config")
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "segcentroids.methods.Baseline"
+    assert "memory_channels" not in printed["model"]["init_args"]
+
+
+@pytest.mark.parametrize("table", ABLATIONS, ids=[t.stem for t in ABLATIONS])
+def test_ablation_rows_are_mcibi_overrides(table: Path):
+    """Every row is the base config plus constructor switches: build each row's model (tiny) from its overrides."""
+    import inspect
+
+    spec = yaml.safe_load(table.read_text())
+    assert all((ROOT / base).is_file() for base in spec["base"])
+    names = [row["name"] for row in spec["rows"]]
+    assert len(set(names)) == len(names) and set(spec["paper"]) == set(names) and spec["baseline"] in names
+    arguments = inspect.signature(MCIBI.__init__).parameters
+    base_arch = yaml.safe_load((ROOT / spec["base"][0]).read_text())["model"]["init_args"]["segmodel"]["init_args"]
+    for row in spec["rows"]:
+        method, kwargs, seg = MCIBI, {}, {"arch": base_arch["arch"]}
+        for override in row["overrides"]:
+            key, value = override.removeprefix("--").split("=", 1)
+            if key == "model.class_path":
+                assert value == "segcentroids.methods.Baseline"
+                method = Baseline
+            elif key.startswith("model.init_args.segmodel.init_args."):
+                seg[key.rsplit(".", 1)[1]] = yaml.safe_load(value)
+            else:
+                name = key.removeprefix("model.init_args.")
+                assert name in arguments, override
+                kwargs[name] = yaml.safe_load(value)
+        if "num_classes" in seg:
+            seg["num_classes"] = 4
+        segmodel = SegModel(encoder_name="resnet18", encoder_weights=None, decoder_channels=32, **seg)
+        extra = {"memory_channels": 16, "transform_channels": 8} if method is MCIBI else {}
+        model = method(segmodel=segmodel, num_classes=4, **extra, **kwargs)
+        assert type(model) is method
+        for name, value in kwargs.items():
+            assert model.hparams[name] == value, (row["name"], name)

@@ -1,0 +1,417 @@
+"""MLSeg: asymmetric loss, label selection and re-indexing, xi / psi / temperature options, the method, configs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segcentroids.callbacks.multilabel import FALSE_POSITIVE, TRUE_POSITIVE, top_label_histogram
+from segcentroids.losses import AsymmetricLoss
+from segcentroids.methods import MLSeg, Segmenter
+from segcentroids.models import SegModel
+from segcentroids.nn.multilabel import MultiLabelHead, RankTemperature, SelectedLabelClassifier
+from segcentroids.ops import (
+    labels_to_ranks,
+    multi_hot_labels,
+    scatter_to_classes,
+    select_top_labels,
+    suppress_classes,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+IGNORE = 255
+
+
+# ------------------------------------------------------------------------------------------- asymmetric loss
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_asl_matches_hand_computation():
+    # logits [2, -1, 0.5, -5] with targets [1, 0, 0, 0]; gamma_neg 2, gamma_pos 0, clip 0.05
+    # positive: log(sigmoid(2)); negatives: p_m = p - 0.05, p_m^2 * log(1 - p_m); the last p < clip gives 0
+    terms = [math.log(_sigmoid(2.0))]
+    for logit in (-1.0, 0.5):
+        p_m = _sigmoid(logit) - 0.05
+        terms.append(p_m**2 * math.log(1 - p_m))
+    terms.append(0.0)
+    expected = -sum(terms) / 4
+    logits = torch.tensor([[2.0, -1.0, 0.5, -5.0]], requires_grad=True)
+    loss = AsymmetricLoss(gamma_neg=2, gamma_pos=0, clip=0.05, eps=1e-5)(logits, torch.tensor([[1.0, 0, 0, 0]]))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert logits.grad[0, 3] == 0  # a negative below the margin is not pushed further
+    assert logits.grad[0, 0] < 0 and logits.grad[0, 1] > 0 and logits.grad[0, 2] > 0
+
+
+def test_asl_matches_numpy_reference_and_is_finite_when_saturated():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5)) * 3
+    targets = (rng.random((2, 5)) > 0.5).astype(np.float64)
+    gamma_neg, gamma_pos, clip, eps = 4.0, 1.0, 0.05, 1e-8
+    total = 0.0
+    for b in range(2):
+        for k in range(5):
+            p = 1 / (1 + np.exp(-logits[b, k]))
+            if targets[b, k]:
+                total += (1 - p) ** gamma_pos * np.log(max(p, eps))
+            else:
+                p_m = max(p - clip, 0.0)
+                total += p_m**gamma_neg * np.log(max(1 - p_m, eps))
+    loss = AsymmetricLoss(gamma_neg, gamma_pos, clip, eps)(torch.tensor(logits), torch.tensor(targets))
+    assert loss.item() == pytest.approx(-total / 10, rel=1e-5)
+    saturated = torch.tensor([[40.0, -40.0, 40.0]], requires_grad=True)
+    loss = AsymmetricLoss()(saturated, torch.tensor([[1.0, 0.0, 0.0]]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(saturated.grad).all()
+
+
+def test_asl_rejects_bad_values():
+    with pytest.raises(ValueError, match="gamma_neg"):
+        AsymmetricLoss(gamma_neg=-1)
+    with pytest.raises(ValueError, match="shape"):
+        AsymmetricLoss()(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# ------------------------------------------------------------------------------------------------ selection
+SCORES = torch.tensor([
+    [0.1, 0.9, 0.3, 0.7, 0.0],
+    [5.0, -1.0, 2.0, 3.0, 4.0],
+    [-3.0, -2.0, -1.0, 0.5, 0.2],
+])
+TOP3 = [[1, 3, 2], [0, 4, 3], [3, 4, 2]]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_select_top_labels_on_crafted_scores(batch):
+    scores = SCORES[:batch].clone().requires_grad_(True)
+    selected = select_top_labels(scores, 3)
+    assert selected.tolist() == TOP3[:batch]
+    assert not selected.requires_grad
+    assert select_top_labels(scores, 99).shape == (batch, 5)  # k clamped to K
+    with pytest.raises(ValueError, match="k must be"):
+        select_top_labels(scores, 0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_labels_to_ranks_on_crafted_labels(batch):
+    labels = torch.tensor([
+        [[1, 3, 2], [0, IGNORE, 4]],
+        [[0, 4, 3], [1, 2, IGNORE]],
+        [[2, 2, 3], [4, 0, 1]],
+    ])[:batch]
+    expected = torch.tensor([
+        [[0, 1, 2], [IGNORE, IGNORE, IGNORE]],  # selected [1, 3, 2]
+        [[0, 1, 2], [IGNORE, IGNORE, IGNORE]],  # selected [0, 4, 3]
+        [[2, 2, 0], [1, IGNORE, IGNORE]],  # selected [3, 4, 2]
+    ])[:batch]
+    selected = torch.tensor(TOP3[:batch])
+    assert torch.equal(labels_to_ranks(labels, selected, 5, IGNORE), expected)
+
+
+def test_labels_to_ranks_matches_loop_reference_with_many_classes():
+    torch.manual_seed(0)
+    num_classes, k = 250, 7
+    labels = torch.randint(0, num_classes, (3, 6, 5))
+    labels[0, 0] = IGNORE
+    selected = torch.stack([torch.randperm(num_classes)[:k] for _ in range(3)])
+    labels[1, 2] = selected[1, :5]
+    ranks = labels_to_ranks(labels, selected, num_classes, IGNORE)
+    for b in range(3):
+        order = selected[b].tolist()
+        for y, x in np.ndindex(6, 5):
+            value = int(labels[b, y, x])
+            want = order.index(value) if value != IGNORE and value in order else IGNORE
+            assert ranks[b, y, x] == want
+
+
+def test_multi_hot_labels_ignores_ignore_pixels():
+    labels = torch.tensor([[[0, 2], [IGNORE, 2]], [[IGNORE, IGNORE], [IGNORE, IGNORE]]])
+    assert multi_hot_labels(labels, 4, IGNORE).tolist() == [[1, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_scatter_to_classes_keeps_unselected_below_after_resizing():
+    torch.manual_seed(0)
+    rank_logits = (torch.randn(3, 2, 4, 4) * 50).requires_grad_(True)
+    selected = torch.tensor(TOP3)[:, :2]
+    full = scatter_to_classes(rank_logits, selected, 5)
+    for b in range(3):
+        assert torch.equal(full[b, selected[b]], rank_logits[b])
+    up = F.interpolate(full, size=(13, 13), mode="bilinear", align_corners=False)
+    picked = up.argmax(dim=1)
+    for b in range(3):
+        assert set(picked[b].unique().tolist()) <= set(selected[b].tolist())
+    full.sum().backward()
+    assert torch.equal(rank_logits.grad, torch.ones_like(rank_logits))
+
+
+def test_suppress_classes_removes_only_masked_channels():
+    logits = torch.tensor([[3.0, 1.0, 2.0]])[:, :, None, None]
+    out = suppress_classes(logits, torch.tensor([[False, True, True]]))
+    assert out[0, :, 0, 0].argmax() == 2 and out[0, 0, 0, 0] < 1.0 and out[0, 1, 0, 0] == 1.0
+
+
+# ---------------------------------------------------------------------------------------- xi, psi, temperature
+@pytest.mark.parametrize("head", ["tran_enc", "tran_dec", "gap_linear"])
+@pytest.mark.parametrize("classifier", ["mask_transformer", "linear"])
+@pytest.mark.parametrize("temperature", ["layernorm", "per_rank", "shared"])
+def test_head_and_classifier_options_forward_backward(head, classifier, temperature):
+    torch.manual_seed(0)
+    features = torch.randn(3, 12, 5, 6, requires_grad=True)
+    xi = MultiLabelHead(12, 7, 8, head, pool_size=2, num_heads=2, class_tokens=classifier == "mask_transformer")
+    psi = SelectedLabelClassifier(12, 7, 3, classifier, temperature, embed_dim=8, num_heads=2)
+    scores, tokens = xi(features)
+    assert scores.shape == (3, 7)
+    assert tokens.shape == (3, 7, 8) if tokens is not None else (head, classifier) == ("gap_linear", "linear")
+    selected = select_top_labels(scores, 3)
+    rank_logits = psi(features, selected, tokens)
+    assert rank_logits.shape == (3, 3, 5, 6)
+    (rank_logits.square().mean() + scores.square().mean()).backward()
+    assert torch.isfinite(features.grad).all() and features.grad.abs().sum() > 0
+    for name, param in [*xi.named_parameters(), *psi.named_parameters()]:
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+def test_rank_temperatures_match_their_equations():
+    scores = torch.tensor([[1.0, -2.0, 0.5]])[:, :, None, None]
+    per_rank = RankTemperature(3, "per_rank", temperature_init=0.5)
+    with torch.no_grad():
+        per_rank.inverse_temperature.copy_(torch.tensor([4.0, 2.0, 1.0]))  # tau = 1/4, 1/2, 1
+    assert per_rank(scores)[0, :, 0, 0].tolist() == [4.0, -4.0, 0.5]
+    assert RankTemperature(3, "shared", temperature_init=0.5)(scores)[0, :, 0, 0].tolist() == [2.0, -4.0, 1.0]
+    values = [1.0, -2.0, 0.5]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 3 + 1e-5)
+    out = RankTemperature(3, "layernorm")(scores)[0, :, 0, 0]
+    assert out.tolist() == pytest.approx([(v - mean) / std for v in values], rel=1e-5)
+    with pytest.raises(ValueError, match="rank_temperature"):
+        RankTemperature(3, "bogus")
+
+
+def test_linear_classifier_is_a_dot_product_with_selected_weights():
+    psi = SelectedLabelClassifier(4, 6, 2, "linear", "shared", dropout=0.0, temperature_init=1.0)
+    features = torch.randn(2, 4, 3, 3)
+    selected = torch.tensor([[5, 1], [0, 2]])
+    out = psi(features, selected)
+    for b in range(2):
+        for rank, cls in enumerate(selected[b]):
+            want = (psi.weight[cls][:, None, None] * features[b]).sum(0) + psi.bias[cls]
+            assert torch.allclose(out[b, rank], want, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------- method
+@pytest.fixture(scope="module")
+def segmodel() -> SegModel:
+    return SegModel(arch="identity", encoder_name="tu-vit_tiny_patch16_224", encoder_weights=None,
+                    encoder_kwargs={"depth": 4})
+
+
+def _mlseg(segmodel: SegModel, **kwargs) -> MLSeg:
+    torch.manual_seed(0)
+    return MLSeg(segmodel=segmodel, num_classes=6, num_heads=3, **{"kappa": 3, **kwargs})
+
+
+def test_unselected_classes_are_never_predicted(segmodel):
+    model = _mlseg(segmodel).eval()
+    with torch.no_grad():
+        model.selected_classifier.temperature.norm.weight.mul_(1e3)  # large logits must not leak either
+        images = torch.randn(3, 3, 64, 64)
+        logits = F.interpolate(model(images), size=(64, 64), mode="bilinear", align_corners=False)
+        selected = select_top_labels(model.multilabel_scores(images), 3)
+    preds = logits.argmax(dim=1)
+    for b in range(3):
+        assert set(preds[b].unique().tolist()) <= set(selected[b].tolist())
+
+
+def test_forward_is_per_image(segmodel):
+    model = _mlseg(segmodel).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        batched = model(images)
+        single = torch.cat([model(images[i : i + 1]) for i in range(3)])
+    assert torch.allclose(batched, single, atol=1e-4)
+
+
+def test_training_losses_and_targets(segmodel):
+    model = _mlseg(segmodel)
+    images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 6, (2, 32, 32))
+    labels[1] = IGNORE  # an all-ignore crop
+    outputs, losses = model.training_outputs(images, labels)
+    assert set(losses) == {"ce", "multilabel"} and model.loss_weights["multilabel"] == 10.0
+    assert outputs["logits"].shape == (2, 6, 2, 2)
+    total = sum(model.loss_weights.get(k, 1.0) * v for k, v in losses.items())
+    total.backward()
+    assert torch.isfinite(total)
+    # ce is the cross-entropy over the ranks of the selected classes
+    selected = select_top_labels(outputs["multilabel_logits"], 3)
+    rank_logits = torch.stack([outputs["logits"][b, selected[b]] for b in range(2)])
+    ranks = labels_to_ranks(labels, selected, 6, IGNORE)
+    up = F.interpolate(rank_logits, size=(32, 32), mode="bilinear", align_corners=False)
+    assert losses["ce"].item() == pytest.approx(F.cross_entropy(up, ranks, ignore_index=IGNORE).item(), rel=1e-4)
+
+
+def test_table1_switches(segmodel):
+    baseline = _mlseg(segmodel, multi_task=False, label_selection=False)
+    assert baseline.multilabel_head is None
+    _, losses = baseline.training_outputs(torch.randn(1, 3, 32, 32), torch.randint(0, 6, (1, 32, 32)))
+    assert set(losses) == {"ce"}
+    mt_only = _mlseg(segmodel, label_selection=False)
+    assert mt_only.selected_classifier.num_ranks == 6
+    assert _mlseg(segmodel, kappa=50).kappa == 6  # clamped to K
+    with pytest.raises(ValueError, match="multi_task"):
+        _mlseg(segmodel, multi_task=False)
+    with pytest.raises(ValueError, match="rank_temperature"):
+        _mlseg(segmodel, rank_temperature="nope")
+
+
+@pytest.mark.parametrize("label_selection", [True, False])
+def test_oracle_restricts_predictions_to_ground_truth(segmodel, label_selection):
+    model = _mlseg(segmodel, label_selection=label_selection, oracle_train=True).eval()
+    labels = torch.full((2, 32, 32), 4)
+    labels[0, :16] = 1
+    labels[1, :, :8] = IGNORE
+    targets = multi_hot_labels(labels, 6, IGNORE)
+    with torch.no_grad():
+        features = model.segmodel(torch.randn(2, 3, 32, 32))["decoder"]
+        rank_logits, selected, _ = model.select_and_classify(features, targets)
+        logits = model._class_logits(rank_logits, selected)
+    assert set(logits[0].argmax(0).unique().tolist()) <= {1, 4}
+    assert set(logits[1].argmax(0).unique().tolist()) <= {4}
+    if label_selection:  # ground-truth classes are ranked first
+        assert set(selected[0, :2].tolist()) == {1, 4} and selected[1, 0] == 4
+    model.train()
+    _, losses = model.training_outputs(torch.randn(2, 3, 32, 32), labels)
+    assert torch.isfinite(losses["ce"])
+
+
+def _average_precision(scores: list[float], positives: list[bool]) -> float:
+    """AP of one class: mean precision at the rank of each positive (scores sorted down; no ties)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    hits, precisions = 0, []
+    for rank, i in enumerate(order, start=1):
+        if positives[i]:
+            hits += 1
+            precisions.append(hits / rank)
+    return sum(precisions) / len(precisions)
+
+
+def test_validation_reports_map_and_recall_at_kappa(segmodel):
+    import lightning as L
+
+    model = _mlseg(segmodel)
+    torch.manual_seed(1)
+    batches = []
+    for _ in range(2):
+        labels = torch.randint(0, 3, (2, 32, 32))  # classes 0-2 everywhere, class 4 in one image, 3 and 5 absent
+        labels[0, :4] = 4
+        labels[1, :, :3] = IGNORE
+        batches.append({"image": torch.randn(2, 3, 32, 32), "mask": labels, "name": ["a", "b"]})
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    metrics = trainer.validate(model, torch.utils.data.DataLoader(batches, batch_size=None), verbose=False)[0]
+    model.eval()
+    with torch.no_grad():
+        scores = torch.cat([model.multilabel_scores(b["image"]) for b in batches])
+    targets = torch.cat([multi_hot_labels(b["mask"], 6, IGNORE) for b in batches])
+    labels = torch.cat([b["mask"] for b in batches])
+    hits = total = kept = valid = 0
+    for i in range(4):
+        top = set(torch.topk(scores[i], 3).indices.tolist())
+        present = set(targets[i].nonzero().flatten().tolist())
+        hits, total = hits + len(top & present), total + len(present)
+        pixels = labels[i][labels[i] != IGNORE].tolist()
+        kept, valid = kept + sum(p in top for p in pixels), valid + len(pixels)
+    aps = [_average_precision(scores[:, c].tolist(), targets[:, c].bool().tolist()) for c in (0, 1, 2, 4)]
+    assert metrics["val/recall_at_kappa"] == pytest.approx(100 * hits / total, rel=1e-4)
+    assert metrics["val/pixel_recall_at_kappa"] == pytest.approx(100 * kept / valid, rel=1e-4)
+    assert metrics["val/multilabel_mAP"] == pytest.approx(100 * sum(aps) / 4, rel=1e-4)
+
+
+def test_parameter_groups(segmodel):
+    model = _mlseg(segmodel, rank_temperature="per_rank")
+    model.optim.weight_decay = 1e-6
+    decay = {}
+    no_decay = model._no_decay_names()
+    for name, param in model.named_parameters():
+        decay[name] = model.param_group_mults(name, param, name in no_decay)[1]
+    assert decay["multilabel_head.block.attn.qkv.weight"] == 100.0
+    assert decay["multilabel_head.classifier.weight"] == 100.0
+    assert decay["selected_classifier.temperature.inverse_temperature"] == 0.0
+    assert decay["selected_classifier.mask_transformer.blocks.0.attn.qkv.weight"] == 1.0
+
+
+def test_segmenter_baseline(segmodel):
+    model = Segmenter(segmodel=segmodel, num_classes=6, num_heads=3)
+    outputs, losses = model.training_outputs(torch.randn(2, 3, 32, 32), torch.randint(0, 6, (2, 32, 32)))
+    assert outputs["logits"].shape == (2, 6, 2, 2) and set(losses) == {"ce"}
+    losses["ce"].backward()
+    assert model.classifier.class_embed.grad is not None
+
+
+def test_top_label_histogram_marks_true_and_false_positives():
+    probabilities = torch.tensor([[0.9, 0.1, 0.5, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    image = top_label_histogram(probabilities, targets, top=3, bar_width=4, height=10)
+    assert image.shape == (14, 12, 3)
+    assert tuple(image[9, 0]) == TRUE_POSITIVE and tuple(image[9, 4]) == FALSE_POSITIVE  # ranks 0 (0.9), 1 (0.5)
+    assert tuple(image[0, 0]) != TRUE_POSITIVE and tuple(image[1, 0]) == TRUE_POSITIVE  # bar height 9 of 10
+    assert tuple(image[4, 4]) != FALSE_POSITIVE and tuple(image[5, 4]) == FALSE_POSITIVE  # 5 of 10
+    assert tuple(image[9, 8]) == FALSE_POSITIVE  # rank 2: class 1 (0.1), absent
+
+
+# -------------------------------------------------------------------------------------------------- configs
+CONFIGS = sorted((ROOT / "configs" / "experiments" / "mlseg").glob("*.yaml"))
+TINY_SEGMODELS = {  # whole SegModel replaced: a `...encoder_weights=null` override reaches SegModel as "None"
+    "segmenter": {"arch": "identity", "encoder_name": "tu-vit_tiny_patch16_224", "encoder_weights": None,
+                  "encoder_kwargs": {"depth": 4}},
+    "deeplabv3": {"arch": "deeplabv3", "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_fast_dev_run(config, tmp_path):
+    from segcentroids.cli import main
+
+    family = "segmenter" if config.stem.startswith("segmenter") else "deeplabv3"
+    segmodel = json.dumps({"class_path": "segcentroids.models.SegModel", "init_args": TINY_SEGMODELS[family]})
+    main(["fit", "--config", str(config), "--data", str(ROOT / "configs/data/synthetic_tiny.yaml"),
+          "--trainer.fast_dev_run=true", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
+          "--trainer.sync_batchnorm=false", f"--trainer.default_root_dir={tmp_path}",
+          # the paper configs' crop and scale would otherwise carry over to the synthetic DataModule
+          "--data.init_args.crop_size=null", "--data.init_args.scale=null", "--data.init_args.test_scale=null",
+          f"--model.init_args.segmodel={segmodel}", f"--model.init_args.num_heads={3 if family == 'segmenter' else 2}",
+          *(["--model.init_args.kappa=4"] if "mlseg" in config.stem else [])])
+
+
+ABLATIONS = sorted((ROOT / "configs" / "ablations" / "mlseg").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("table", ABLATIONS, ids=[t.stem for t in ABLATIONS])
+def test_ablation_tables_are_overrides(table):
+    import importlib
+    import inspect
+
+    import yaml
+
+    from segcentroids.methods import Baseline
+
+    spec = yaml.safe_load(table.read_text())
+    assert all((ROOT / base).is_file() for base in spec["base"])
+    names = [row["name"] for row in spec["rows"]]
+    assert spec["baseline"] in names and set(spec["paper"]) <= set(names)
+    accepted = set(inspect.signature(MLSeg.__init__).parameters) | set(inspect.signature(Baseline.__init__).parameters)
+    for row in spec["rows"]:
+        for override in row["overrides"]:
+            key, value = override.split("=", 1)
+            if key == "--model.class_path":
+                module, name = value.rsplit(".", 1)
+                assert issubclass(getattr(importlib.import_module(module), name), Baseline)
+            else:
+                assert key.startswith("--model.init_args.") and key.split(".")[2] in accepted, override

@@ -1,0 +1,457 @@
+"""PNE loss (Eq. 6-9): hand computations on written-out toys, a per-pair loop reference, edge cases, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segcentroids.losses import PNELoss
+
+
+# ------------------------------------------------------------------------------------------- loop reference
+def reference_pne(embeddings, logits, labels, *, samples_per_set, max_anchor_set=None, temperature=1.0,
+                  positive_weight="normalized", positive_score="softmax", empty_negatives="skip", form="pne",
+                  individual_anchor_sets=True, corresponding_negatives=True, ignore_index=255):
+    """Straightforward per-image, per-pair loop (sampling "first": raster order, tiled or cut to S); the anchors of
+    a pair are handled together. Also the loop `benchmarks/pne.py` times."""
+    B, D, h, w = embeddings.shape
+    K, S, tau = logits.shape[1], samples_per_set, temperature
+    if labels.shape[-2:] != (h, w):
+        labels = labels[:, :: labels.shape[-2] // h, :: labels.shape[-1] // w]
+    emb = embeddings / embeddings.norm(dim=1, keepdim=True)
+    terms = []
+    for b in range(B):
+        E, y, lg = emb[b].flatten(1).T, labels[b].flatten(), logits[b].flatten(1).detach()
+        pred = lg.argmax(0)
+        score = lg.softmax(0).max(0).values if positive_score == "softmax" else lg.max(0).values.clamp_min(1e-6)
+        valid = (y != ignore_index) & (y >= 0) & (y < K)
+
+        def pick(mask):
+            idx = torch.nonzero(mask).flatten()
+            return idx[torch.arange(S) % len(idx)] if len(idx) else None
+
+        def templates(c):
+            idx = pick(valid & (y == c) & (pred == c))
+            return None if idx is None else E[idx].detach()
+
+        for k in range(K):
+            pos_idx = pick(valid & (y == k) & (pred == k))
+            if individual_anchor_sets:
+                sets = [(l, valid & (y == k) & (pred == l)) for l in range(K) if l != k]
+            else:
+                sets = [(None, valid & (y == k) & (pred != k))]
+            for l, mask in sets:
+                n = int(mask.sum())
+                if n == 0 or pos_idx is None or (max_anchor_set is not None and n > max_anchor_set):
+                    continue
+                a_idx = pick(mask)
+                anchors, positives = E[a_idx], E[pos_idx].detach()
+                wts = score[pos_idx]
+                if positive_weight == "normalized":
+                    wts = wts / wts.mean()
+                elif positive_weight == "none":
+                    wts = torch.ones_like(wts)
+                if not corresponding_negatives:
+                    pools = [templates(c) for c in range(K) if c != k]
+                    pools = [p for p in pools if p is not None]
+                    if pools:
+                        candidates = torch.cat(pools)
+                        centre = anchors.detach().mean(0)
+                        centre = centre / centre.norm()
+                        set_negatives = candidates[(candidates @ centre).topk(S).indices]
+                    else:
+                        set_negatives = None
+                if corresponding_negatives and not individual_anchor_sets:
+                    # each anchor of the pooled set meets the templates of its own predicted class
+                    negatives = [templates(int(pred[i])) for i in a_idx]
+                    if empty_negatives == "anchors":
+                        negatives = [anchors.detach() if n is None else n for n in negatives]
+                    has = torch.tensor([n is not None for n in negatives])
+                    if not has.any():
+                        continue
+                    anchors = anchors[has]
+                    sn = torch.einsum("ad,asd->as", anchors, torch.stack([n for n in negatives if n is not None]))
+                else:
+                    negatives = templates(l) if corresponding_negatives else set_negatives
+                    if negatives is None and empty_negatives == "skip":
+                        continue
+                    sn = anchors @ (anchors.detach() if negatives is None else negatives).T
+                sn = sn / tau  # [A, S]
+                sp = anchors @ positives.T / tau  # [A, S]
+                if form == "pne":
+                    terms.append(torch.log(1 + sn.exp().sum(1) / (wts * sp.exp()).sum(1)))
+                else:
+                    ratio = sp.exp() / (sp.exp() + sn.exp().sum(1, keepdim=True))
+                    terms.append((wts * -torch.log(ratio)).sum(1) / S)
+    return torch.cat(terms).mean() if terms else embeddings.sum() * 0
+
+
+# --------------------------------------------------------------------------------------------------- the toy
+def toy():
+    """One image, 1 x 7 pixels, 3 classes; every set written out.
+
+    labels [0, 0, 0, 1, 1, 2, 2], predictions [0, 0, 1, 1, 1, 2, 0]:
+    S_{1,0} = {2} (positives P_{0,0} = {0, 1}, negatives N_{1,1} = {3, 4});
+    S_{0,2} = {6} (positives P_{2,2} = {5}, negatives N_{0,0} = {0, 1}).
+    Softmax scores of the positives: pixel 0 0.6, pixel 1 0.8, pixel 5 2/3.
+    """
+    e = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0], [0.8, -0.6], [0.0, -1.0], [0.6, -0.8]])
+    scale = torch.tensor([2, 3, 1, 1, 1, 1, 1.0])[:, None]  # norms do not matter (cosine)
+    embeddings = (e * scale).T.reshape(1, 2, 1, 7)
+    l3, l8, l4 = math.log(3), math.log(8), math.log(4)
+    logits = torch.tensor([[l3, 0, 0], [l8, 0, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 0, l4], [1, 0, 0]])
+    logits = logits.T.reshape(1, 3, 1, 7)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2]).reshape(1, 1, 7)
+    return embeddings, logits, labels
+
+
+def toy_terms(tau=1.0, weights="normalized", form="pne"):
+    """The two anchors' losses by hand: a2 = (0, 1) and a6 = (0.6, -0.8)."""
+    # a2: positives e0 (cos 0), e1 (cos 0.8); negatives e3 (cos 0), e4 (cos -0.6)
+    # a6: positive e5 twice (cos 0.8); negatives e0 (cos 0.6), e1 (cos -0.28)
+    w2 = {"normalized": [0.6 / 0.7, 0.8 / 0.7], "raw": [0.6, 0.8], "none": [1, 1]}[weights]
+    w6 = {"normalized": [1, 1], "raw": [2 / 3, 2 / 3], "none": [1, 1]}[weights]
+    cases = [([0.0, 0.8], w2, [0.0, -0.6]), ([0.8, 0.8], w6, [0.6, -0.28])]
+    out = []
+    for pos, wts, neg in cases:
+        neg_sum = sum(math.exp(s / tau) for s in neg)
+        if form == "pne":
+            out.append(math.log(1 + neg_sum / sum(wi * math.exp(s / tau) for wi, s in zip(wts, pos))))
+        else:
+            out.append(sum(wi * -math.log(math.exp(s / tau) / (math.exp(s / tau) + neg_sum))
+                           for wi, s in zip(wts, pos)) / 2)
+    return out
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+@pytest.mark.parametrize("weights", ["normalized", "raw", "none"])
+@pytest.mark.parametrize("form", ["pne", "infonce"])
+@pytest.mark.parametrize("sampling", ["first", "random"])
+def test_toy_by_hand(tau, weights, form, sampling):
+    embeddings, logits, labels = toy()
+    loss = PNELoss(temperature=tau, samples_per_set=2, positive_weight=weights, form=form, sampling=sampling)
+    value = loss(embeddings, logits, labels, generator=torch.Generator().manual_seed(0))
+    # each set is tiled to 2 samples of its single anchor: the mean over the 4 samples is the mean of the 2 terms
+    assert value.item() == pytest.approx(sum(toy_terms(tau, weights, form)) / 2, rel=1e-6)
+
+
+def test_first_sampling_cuts_in_raster_order():
+    # class 0 pixels 0..2 are misclassified as 1; with S = 2 only pixels 0 and 1 are anchors
+    e = torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, -1.0]])
+    embeddings = e.T.reshape(1, 2, 1, 5)
+    logits = torch.tensor([[0, 1.0], [0, 1.0], [0, 1.0], [1.0, 0], [0, 1.0]]).T.reshape(1, 2, 1, 5)
+    labels = torch.tensor([0, 0, 0, 0, 1]).reshape(1, 1, 5)
+    value = PNELoss(samples_per_set=2, sampling="first", positive_weight="none")(embeddings, logits, labels)
+    # positives: pixel 3 (1, 0) tiled; negatives: pixel 4 (0, -1) tiled
+    a0 = math.log(1 + 2 * math.exp(-1) / (2 * math.exp(0)))
+    a1 = math.log(1 + 2 * math.exp(0) / (2 * math.exp(1)))
+    assert value.item() == pytest.approx((a0 + a1) / 2, rel=1e-6)
+    capped = PNELoss(samples_per_set=2, sampling="first", max_anchor_set=2)(embeddings, logits, labels)
+    assert capped.item() == 0.0
+    assert PNELoss(samples_per_set=2, max_anchor_set=3)(embeddings, logits, labels).item() > 0
+
+
+def test_empty_negatives():
+    # S_{1,0} = {pixel 2}, but no pixel of class 1 is predicted correctly: N_{1,1} is empty
+    e = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
+    embeddings = e.T.reshape(1, 2, 1, 4)
+    logits = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [1.0, 0]]).T.reshape(1, 2, 1, 4)
+    labels = torch.tensor([0, 0, 0, 1]).reshape(1, 1, 4)
+    skip = PNELoss(samples_per_set=2, positive_weight="none", empty_negatives="skip")
+    value = skip(embeddings.requires_grad_(), logits, labels)
+    assert value.item() == 0.0 and value.requires_grad
+    anchors = PNELoss(samples_per_set=2, positive_weight="none", empty_negatives="anchors")
+    # negatives are the anchor set itself: pixel 2 twice (cos 1)
+    expected = math.log(1 + 2 * math.exp(1) / (math.exp(0) + math.exp(0.8)))
+    assert anchors(embeddings, logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_individual_anchor_sets_and_corresponding_negatives_by_hand():
+    # class 0: pixel 2 predicted 1, pixel 3 predicted 2; class 1 correct at 4, class 2 correct at 5
+    e = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, -1.0], [-0.6, 0.8]])
+    embeddings = e.T.reshape(1, 2, 1, 6)
+    preds = [0, 0, 1, 2, 1, 2]
+    logits = F.one_hot(torch.tensor(preds), 3).float().T.reshape(1, 3, 1, 6)
+    labels = torch.tensor([0, 0, 0, 0, 1, 2]).reshape(1, 1, 6)
+    kw = dict(samples_per_set=2, positive_weight="none", sampling="first")
+    # positives for both anchors: pixels 0, 1 = (1, 0)
+    # IAS + CN: a2 = (0, 1) against N_{1,1} = {4}: cos -1; a3 = (0.6, 0.8) against N_{2,2} = {5}: cos 0.28
+    a2 = math.log(1 + 2 * math.exp(-1) / (2 * math.exp(0)))
+    a3 = math.log(1 + 2 * math.exp(0.28) / (2 * math.exp(0.6)))
+    assert PNELoss(**kw)(embeddings, logits, labels).item() == pytest.approx((a2 + a3) / 2, rel=1e-6)
+    # IAS off + CN: one pooled set {2, 3}; each anchor still meets its own predicted class: same value here
+    pooled = PNELoss(individual_anchor_sets=False, **kw)(embeddings, logits, labels)
+    assert pooled.item() == pytest.approx((a2 + a3) / 2, rel=1e-6)
+    # IAS off + CN off: negatives are the 2 templates (of 4: pixel 4 twice, pixel 5 twice) closest to the mean
+    # anchor (0.3, 0.9): pixel 5 (cos 0.54 / |.|) beats pixel 4 (cos -0.9 / |.|), so both negatives are pixel 5
+    b2 = math.log(1 + 2 * math.exp(0.8) / (2 * math.exp(0)))
+    b3 = math.log(1 + 2 * math.exp(0.28) / (2 * math.exp(0.6)))
+    hard = PNELoss(individual_anchor_sets=False, corresponding_negatives=False, **kw)(embeddings, logits, labels)
+    assert hard.item() == pytest.approx((b2 + b3) / 2, rel=1e-6)
+
+
+def random_case(seed, B=2, K=4, h=6, w=7, D=5, accuracy=0.6, ignore=0.1, scale=1):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, K, (B, h, w), generator=g)
+    flip = torch.rand(B, h, w, generator=g) > accuracy
+    preds = torch.where(flip, torch.randint(0, K, (B, h, w), generator=g), labels)
+    logits = torch.randn(B, K, h, w, generator=g) + 4 * F.one_hot(preds, K).permute(0, 3, 1, 2)
+    labels[torch.rand(B, h, w, generator=g) < ignore] = 255
+    if scale > 1:
+        labels = labels.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    embeddings = torch.randn(B, D, h, w, generator=g)
+    return embeddings, logits, labels
+
+
+OPTIONS = [
+    {},
+    {"form": "infonce"},
+    {"positive_weight": "raw", "temperature": 0.3},
+    {"positive_weight": "none", "max_anchor_set": 3},
+    {"positive_score": "logit"},
+    {"empty_negatives": "anchors"},
+    {"individual_anchor_sets": False},
+    {"individual_anchor_sets": False, "empty_negatives": "anchors"},
+    {"corresponding_negatives": False},
+    {"individual_anchor_sets": False, "corresponding_negatives": False, "form": "infonce"},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize("samples_per_set", [3, 8])
+def test_matches_per_pair_loop(options, samples_per_set):
+    for seed in range(3):
+        embeddings, logits, labels = random_case(seed, scale=2 if seed == 1 else 1)
+        kw = {"samples_per_set": samples_per_set, "max_anchor_set": None, **options}
+        ours = PNELoss(sampling="first", **kw)(embeddings, logits, labels)
+        ref = reference_pne(embeddings.double(), logits.double(), labels, **kw)
+        assert ours.item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
+        assert ref.item() > 0  # the random cases do have qualifying sets
+
+
+def test_random_sampling_is_seeded_and_equals_first_when_sets_tile_exactly():
+    embeddings, logits, labels = random_case(0, B=3, K=5, h=8, w=8)
+    loss = PNELoss(samples_per_set=4, max_anchor_set=None)
+    one = loss(embeddings, logits, labels, generator=torch.Generator().manual_seed(1))
+    again = loss(embeddings, logits, labels, generator=torch.Generator().manual_seed(1))
+    other = loss(embeddings, logits, labels, generator=torch.Generator().manual_seed(2))
+    assert one.item() == again.item() and one.item() != other.item()
+    # with S a multiple of every set's size, any order tiles each member equally often: same value as "first"
+    S = 60  # every set of a 6-pixel image has 1..6 members
+    big_random = PNELoss(samples_per_set=S, max_anchor_set=None, sampling="random")
+    big_first = PNELoss(samples_per_set=S, max_anchor_set=None, sampling="first")
+    e, lg, lb = random_case(4, B=1, K=3, h=2, w=3, ignore=0.0)
+    assert big_random(e, lg, lb, torch.Generator().manual_seed(3)).item() == pytest.approx(
+        big_first(e, lg, lb).item(), rel=1e-5)
+
+
+def test_labels_are_nearest_downsampled():
+    embeddings, logits, labels = random_case(5, scale=4)
+    loss = PNELoss(sampling="first", samples_per_set=4)
+    assert loss(embeddings, logits, labels).item() == loss(embeddings, logits, labels[:, ::4, ::4]).item()
+
+
+def make_grad_case():
+    embeddings, logits, labels = toy()
+    return embeddings.clone().requires_grad_(), logits.clone().requires_grad_(), labels
+
+
+def test_gradient_reaches_anchors_only():
+    embeddings, logits, labels = make_grad_case()
+    PNELoss(samples_per_set=2)(embeddings, logits, labels).backward()
+    norms = embeddings.grad[0, :, 0].norm(dim=0)
+    assert norms[2] > 0 and norms[6] > 0  # the anchors
+    assert torch.all(norms[[0, 1, 3, 4, 5]] == 0)  # positives and negatives are templates
+    assert logits.grad is None
+
+
+@pytest.mark.parametrize("case", ["all_correct", "no_positives", "all_ignore", "single_class"])
+def test_edge_cases_give_zero_with_a_graph(case):
+    embeddings, logits, labels = make_grad_case()
+    if case == "all_correct":
+        logits = F.one_hot(labels[:, 0], 3).permute(0, 2, 1)[:, :, None].float().requires_grad_()
+    elif case == "no_positives":
+        logits = F.one_hot((labels[:, 0] + 1) % 3, 3).permute(0, 2, 1)[:, :, None].float().requires_grad_()
+    elif case == "all_ignore":
+        labels = torch.full_like(labels, 255)
+    else:
+        labels = torch.zeros_like(labels)
+        logits = F.one_hot(torch.tensor([[0, 0, 0, 0, 0, 0, 1]]), 3).permute(0, 2, 1)[:, :, None].float()
+    loss, stats = PNELoss(samples_per_set=2).compute(embeddings, logits, labels)
+    assert loss.item() == 0.0 and loss.requires_grad and torch.isfinite(loss)
+    loss.backward()
+    assert torch.all(embeddings.grad == 0)
+    assert stats["pairs"].item() == 0 and stats["anchors"].item() == 0
+
+
+def test_diagnostics():
+    embeddings, logits, labels = toy()
+    _, stats = PNELoss(samples_per_set=2).compute(embeddings, logits, labels)
+    assert stats["pairs"].item() == 2 and stats["anchors"].item() == 2
+    assert stats["anchor_share"].item() == pytest.approx(2 / 7)
+
+
+def test_float32_under_autocast():
+    embeddings, logits, labels = random_case(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = PNELoss(sampling="first", samples_per_set=3)(embeddings.bfloat16(), logits.bfloat16(), labels)
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+
+
+@pytest.mark.parametrize("key,value", [("sampling", "all"), ("positive_weight", "softmax"), ("form", "nce"),
+                                       ("empty_negatives", "zero"), ("temperature", 0.0), ("samples_per_set", 0),
+                                       ("max_anchor_set", 0), ("positive_score", "prob")])
+def test_bad_values_name_the_key(key, value):
+    with pytest.raises(ValueError, match=key):
+        PNELoss(**{key: value})
+
+
+# ---------------------------------------------------------------------------------- method and plug-in objective
+def _segmodel(seed=0):
+    from segcentroids.models import SegModel
+
+    torch.manual_seed(seed)
+    return SegModel(arch="fpn", encoder_name="resnet18", encoder_weights=None, decoder_channels=32)
+
+
+def _batch(K=4):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, 3, 64, 64, generator=g), torch.randint(0, K, (2, 64, 64), generator=g)
+
+
+def test_pne_method_losses_weights_and_gradients():
+    from segcentroids.methods import PNE
+
+    model = PNE(segmodel=_segmodel(), num_classes=4, samples_per_set=8, max_anchor_set=None)
+    assert model.loss_weights["pne"] == 1.3 and model.extra_losses[0].loss.temperature == 1.0
+    outputs, losses = model.training_outputs(*_batch())
+    (pne,) = [extra(outputs, _batch()[1]) for extra in model.extra_losses]
+    assert set(pne) == {"pne"} and pne["pne"].item() > 0
+    pne["pne"].backward()
+    assert model.extra_losses[0].projection[0].weight.grad.abs().sum() > 0
+    assert model.segmodel.decoder is not None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.segmodel.parameters())
+    assert all(p.grad is None for p in model.classifier.parameters())  # the logits get no PNE gradient
+
+
+def test_pne_inference_is_the_baselines():
+    from segcentroids.methods import PNE, Baseline
+
+    baseline, pne = Baseline(segmodel=_segmodel(), num_classes=4), PNE(segmodel=_segmodel(1), num_classes=4)
+    missing, unexpected = pne.load_state_dict(baseline.state_dict(), strict=False)
+    assert not unexpected and missing and all(key.startswith("extra_losses.") for key in missing)
+    baseline.eval(), pne.eval()
+    pne.extra_losses[0].projection.forward = None  # the head must not run at inference
+    images = _batch()[0]
+    with torch.no_grad():
+        assert torch.equal(baseline(images), pne(images))
+
+
+def test_objective_plugs_into_any_method_and_checks_channels():
+    from segcentroids.losses import PNEObjective
+    from segcentroids.methods import Baseline
+
+    model = Baseline(segmodel=_segmodel(), num_classes=4, extra_losses=[PNEObjective(alpha=0.5, samples_per_set=4)])
+    assert model.loss_weights["pne"] == 0.5
+    images, labels = _batch()
+    outputs, _ = model.training_outputs(images, labels)
+    assert torch.isfinite(model.extra_losses[0](outputs, labels)["pne"])
+    wrong = Baseline(segmodel=_segmodel(), num_classes=4, extra_losses=[PNEObjective(in_channels=7)])
+    with pytest.raises(ValueError, match="in_channels=32"):
+        wrong.extra_losses[0](outputs, labels)
+    with pytest.raises(ValueError, match="alpha"):
+        PNEObjective(alpha=-1.0)
+
+
+def test_random_sampling_repeats_per_step():
+    from segcentroids.losses import PNEObjective
+    from segcentroids.methods import Baseline
+
+    model = Baseline(segmodel=_segmodel(), num_classes=4, extra_losses=[PNEObjective(samples_per_set=4)])
+    images, labels = _batch()
+    model.train()
+    outputs, _ = model.training_outputs(images, labels)
+    outputs = {k: v.detach() for k, v in outputs.items()}
+    objective = model.extra_losses[0].eval()  # BN in eval: the same embeddings twice
+    assert objective(outputs, labels)["pne"].item() == objective(outputs, labels)["pne"].item()
+
+
+def test_diagnostics_are_logged(tmp_path):
+    import lightning as L
+
+    from segcentroids.methods import PNE
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            images, labels = _batch()
+            return {"image": images[i], "mask": labels[i], "name": str(i)}
+
+    model = PNE(segmodel=_segmodel(), num_classes=4, samples_per_set=8, max_anchor_set=None)
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, torch.utils.data.DataLoader(Data(), batch_size=2))
+    metrics = trainer.callback_metrics
+    assert metrics["train/pne/pairs"] > 0 and metrics["train/pne/anchors"] > 0
+    assert 0 < metrics["train/pne/anchor_share"] <= 1
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs" / "experiments" / "pne").glob("*.yaml"))
+ABLATIONS = sorted((ROOT / "configs" / "ablations" / "pne").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_fast_dev_run(config, tmp_path):
+    import json
+
+    import yaml
+
+    from segcentroids.cli import main
+
+    # the whole SegModel is replaced by a tiny one of the same arch (an `...encoder_weights=null` override reaches
+    # SegModel as the string "None")
+    arch = yaml.safe_load(config.read_text())["model"]["init_args"]["segmodel"]["init_args"]["arch"]
+    tiny = {"arch": arch, "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32,
+            "encoder_kwargs": None}
+    if arch == "ocr":
+        tiny["num_classes"] = 8
+    segmodel = json.dumps({"class_path": "segcentroids.models.SegModel", "init_args": tiny})
+    main(["fit", "--config", str(config), "--data", str(ROOT / "configs/data/synthetic_tiny.yaml"),
+          "--trainer.fast_dev_run=true", "--trainer.accelerator=cpu", "--trainer.devices=1",
+          f"--trainer.default_root_dir={tmp_path}", f"--model.init_args.segmodel={segmodel}",
+          "--model.init_args.inference.mode=whole"])  # 512 x 1024 slide windows would pad the 64 x 64 images
+
+
+@pytest.mark.parametrize("table", ABLATIONS, ids=[t.stem for t in ABLATIONS])
+def test_ablation_tables_are_pne_overrides(table):
+    import inspect
+
+    import yaml
+
+    from segcentroids.methods import PNE
+
+    spec = yaml.safe_load(table.read_text())
+    assert all((ROOT / base).is_file() for base in spec["base"])
+    names = [row["name"] for row in spec["rows"]]
+    assert len(set(names)) == len(names) and set(spec["paper"]) == set(names) and spec["baseline"] in names
+    arguments = inspect.signature(PNE.__init__).parameters
+    images, labels = _batch()
+    for row in spec["rows"]:
+        kwargs = {}
+        for override in row["overrides"]:
+            key, value = override.removeprefix("--model.init_args.").split("=")
+            if key.startswith("segmodel."):
+                continue  # the encoder rows (R101) are SegModel arguments
+            assert key in arguments, override
+            kwargs[key] = yaml.safe_load(value)
+        model = PNE(segmodel=_segmodel(), num_classes=4, samples_per_set=8, **kwargs)
+        outputs, _ = model.training_outputs(images, labels)
+        assert torch.isfinite(model.extra_losses[0](outputs, labels)["pne"])
