@@ -41,66 +41,72 @@ def _write(path: Path, array: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
-def _ade20k(root: Path, count: int, rng: np.random.Generator) -> SegDataModule:
+def _ade20k(root: Path, counts: dict[str, int], rng: np.random.Generator) -> SegDataModule:
     base = root / "ADEChallengeData2016"
-    for i in range(count):
-        image, label = scene((512, 683), np.arange(151), rng)
-        _write(base / "images" / "training" / f"ADE_train_{i:08d}.jpg", image)
-        _write(base / "annotations" / "training" / f"ADE_train_{i:08d}.png", label)
+    for split, folder in (("train", "training"), ("val", "validation")):
+        for i in range(counts[split]):
+            image, label = scene((512, 683), np.arange(151), rng)
+            _write(base / "images" / folder / f"ADE_{split}_{i:08d}.jpg", image)
+            _write(base / "annotations" / folder / f"ADE_{split}_{i:08d}.png", label)
     return ADE20KDataModule(root, num_workers=0)
 
 
-def _cityscapes(root: Path, count: int, rng: np.random.Generator) -> SegDataModule:
-    for i in range(count):
-        image, label = scene((1024, 2048), np.arange(34), rng)
-        name = f"aachen_{i:06d}_000019"
-        _write(root / "leftImg8bit" / "train" / "aachen" / f"{name}_leftImg8bit.png", image)
-        _write(root / "gtFine" / "train" / "aachen" / f"{name}_gtFine_labelIds.png", label)
+def _cityscapes(root: Path, counts: dict[str, int], rng: np.random.Generator) -> SegDataModule:
+    for split in ("train", "val"):
+        for i in range(counts[split]):
+            image, label = scene((1024, 2048), np.arange(34), rng)
+            name = f"aachen_{i:06d}_000019"
+            _write(root / "leftImg8bit" / split / "aachen" / f"{name}_leftImg8bit.png", image)
+            _write(root / "gtFine" / split / "aachen" / f"{name}_gtFine_labelIds.png", label)
     return CityscapesDataModule(root, num_workers=0)
 
 
-def _coco_stuff10k(root: Path, count: int, rng: np.random.Generator) -> SegDataModule:
-    names = [f"COCO_train2014_{i:012d}" for i in range(count)]
-    for name in names:
-        image, label = scene((480, 640), np.arange(183), rng)
-        _write(root / "images" / "train2014" / f"{name}.jpg", image)
-        (root / "annotations" / "train2014").mkdir(parents=True, exist_ok=True)
-        scipy.io.savemat(root / "annotations" / "train2014" / f"{name}.mat", {"S": label}, do_compression=True)
+def _coco_stuff10k(root: Path, counts: dict[str, int], rng: np.random.Generator) -> SegDataModule:
     (root / "imageLists").mkdir(parents=True, exist_ok=True)
-    (root / "imageLists" / "train.txt").write_text("\n".join(names) + "\n")
+    for split, folder, list_name in (("train", "train2014", "train"), ("val", "test2014", "test")):
+        names = [f"COCO_{folder}_{i:012d}" for i in range(counts[split])]
+        for name in names:
+            image, label = scene((480, 640), np.arange(183), rng)
+            _write(root / "images" / folder / f"{name}.jpg", image)
+            (root / "annotations" / folder).mkdir(parents=True, exist_ok=True)
+            scipy.io.savemat(root / "annotations" / folder / f"{name}.mat", {"S": label}, do_compression=True)
+        (root / "imageLists" / f"{list_name}.txt").write_text("\n".join(names) + "\n")
     return COCOStuff10kDataModule(root, num_workers=0)
 
 
-def _coco_stuff164k(root: Path, count: int, rng: np.random.Generator) -> SegDataModule:
-    for i in range(count):
-        image, label = scene((480, 640), np.array([*range(182), 255]), rng)
-        _write(root / "images" / "train2017" / f"{i:012d}.jpg", image)
-        _write(root / "annotations" / "train2017" / f"{i:012d}.png", label)
+def _coco_stuff164k(root: Path, counts: dict[str, int], rng: np.random.Generator) -> SegDataModule:
+    for split, folder in (("train", "train2017"), ("val", "val2017")):
+        for i in range(counts[split]):
+            image, label = scene((480, 640), np.array([*range(182), 255]), rng)
+            _write(root / "images" / folder / f"{i:012d}.jpg", image)
+            _write(root / "annotations" / folder / f"{i:012d}.png", label)
     return COCOStuff164kDataModule(root, num_workers=0)
 
 
-def _pascal_context59(root: Path, count: int, rng: np.random.Generator) -> SegDataModule:
+def _pascal_context59(root: Path, counts: dict[str, int], rng: np.random.Generator) -> SegDataModule:
     base = root / "VOC2010"
-    names = [f"2008_{i:06d}" for i in range(count)]
-    for name in names:
-        image, label = scene((375, 500), np.arange(60), rng)
-        _write(base / "JPEGImages" / f"{name}.jpg", image)
-        _write(base / "SegmentationClassContext" / f"{name}.png", label)
     (base / "ImageSets" / "SegmentationContext").mkdir(parents=True, exist_ok=True)
-    (base / "ImageSets" / "SegmentationContext" / "train.txt").write_text("\n".join(names) + "\n")
+    for split in ("train", "val"):
+        names = [f"{split}_{i:06d}" for i in range(counts[split])]
+        for name in names:
+            image, label = scene((375, 500), np.arange(60), rng)
+            _write(base / "JPEGImages" / f"{name}.jpg", image)
+            _write(base / "SegmentationClassContext" / f"{name}.png", label)
+        (base / "ImageSets" / "SegmentationContext" / f"{split}.txt").write_text("\n".join(names) + "\n")
     return PascalContext59DataModule(root, num_workers=0)
 
 
-def _lip(root: Path, count: int, rng: np.random.Generator) -> SegDataModule:
-    for i in range(count):
-        image, label = scene((320, 240), np.arange(20), rng)
-        _write(root / "train_images" / f"{i}_train.jpg", image)
-        _write(root / "train_segmentations" / f"{i}_train.png", label)
+def _lip(root: Path, counts: dict[str, int], rng: np.random.Generator) -> SegDataModule:
+    for split in ("train", "val"):
+        for i in range(counts[split]):
+            image, label = scene((320, 240), np.arange(20), rng)
+            _write(root / f"{split}_images" / f"{i}_{split}.jpg", image)
+            _write(root / f"{split}_segmentations" / f"{i}_{split}.png", label)
     return LIPDataModule(root, num_workers=0)
 
 
 # name -> (writer, the files it writes)
-LAYOUTS: dict[str, tuple[Callable[[Path, int, np.random.Generator], SegDataModule], str]] = {
+LAYOUTS: dict[str, tuple[Callable[[Path, dict[str, int], np.random.Generator], SegDataModule], str]] = {
     "ade20k": (_ade20k, "512x683 jpg + png"),
     "cityscapes": (_cityscapes, "1024x2048 png + labelIds png"),
     "coco_stuff10k": (_coco_stuff10k, "480x640 jpg + .mat (S)"),
@@ -111,6 +117,7 @@ LAYOUTS: dict[str, tuple[Callable[[Path, int, np.random.Generator], SegDataModul
 
 
 def write_layout(name: str, root: Path, count: int, seed: int = 0) -> SegDataModule:
-    """Write ``count`` training pairs of dataset ``name`` under ``root``; its DataModule with the paper defaults."""
+    """Write ``count`` training pairs (and one validation pair) of dataset ``name`` under ``root``; returns its
+    DataModule with the paper defaults."""
     writer, _ = LAYOUTS[name]
-    return writer(root, count, np.random.default_rng(seed))
+    return writer(root, {"train": count, "val": 1}, np.random.default_rng(seed))

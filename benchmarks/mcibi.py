@@ -8,7 +8,7 @@
 
 Timings alternate the two contenders (ABAB...) and report medians.
 
-    python benchmarks/mcibi.py [--repeats 7] [--arch deeplabv3 fcn] [--size 128]
+    python benchmarks/mcibi.py [--repeats 7] [--arch fcn deeplabv3] [--encoder resnet18] [--size 128]
 """
 
 from __future__ import annotations
@@ -122,10 +122,10 @@ def count_flops(model: torch.nn.Module, images: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def bench_cost(arch: str, repeats: int, size: int, batch: int, num_classes: int) -> dict:
+def bench_cost(arch: str, encoder: str, repeats: int, size: int, batch: int, num_classes: int) -> dict:
     def build(method: type[Baseline]) -> Baseline:
         torch.manual_seed(0)
-        segmodel = SegModel(arch=arch, encoder_name="resnet18", encoder_weights=None, decoder_channels=512,
+        segmodel = SegModel(arch=arch, encoder_name=encoder, encoder_weights=None, decoder_channels=512,
                             num_classes=num_classes if arch == "ocr" else None)
         return method(segmodel=segmodel, num_classes=num_classes, aux_weight=0.4,
                       **({"rcl_start_step": 0} if method is MCIBI else {}))
@@ -168,7 +168,8 @@ def bench_cost(arch: str, repeats: int, size: int, batch: int, num_classes: int)
               - (sum(p.numel() for p in model.aux_head.parameters()) if model.aux_head is not None else 0)
               for name, model in models.items()}
     return {
-        "benchmark": f"{arch} r18-d8 vs Baseline", "shape": f"B={batch} {size}x{size} K={num_classes} C=512",
+        "benchmark": f"{arch} {encoder.replace('resnet', 'r')}-d8 vs Baseline",
+        "shape": f"B={batch} {size}x{size} K={num_classes} C=512",
         "train_ms": {k: 1e3 * v for k, v in train.items()}, "train_ratio": train["mcibi"] / train["baseline"],
         "infer_ms": {k: 1e3 * v for k, v in inference.items()},
         "infer_ratio": inference["mcibi"] / inference["baseline"],
@@ -202,6 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--arch", nargs="+", default=["fcn", "deeplabv3"])
+    parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--size", type=int, default=128, help="training / inference image size")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--num-classes", type=int, default=19)
@@ -213,7 +215,8 @@ def main() -> None:
     torch.set_num_threads(1)
     memory_rows = bench_memory(args.repeats, args.memory_classes, args.memory_channels, args.feature_size,
                                args.label_size, args.batch)
-    cost_rows = [bench_cost(arch, args.repeats, args.size, args.batch, args.num_classes) for arch in args.arch]
+    cost_rows = [bench_cost(arch, args.encoder, args.repeats, args.size, args.batch, args.num_classes)
+                 for arch in args.arch]
     print(json.dumps({"memory_update": memory_rows, "cost": cost_rows}, indent=2))
     print(markdown(memory_rows, cost_rows))
 

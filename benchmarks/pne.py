@@ -3,8 +3,8 @@
     python benchmarks/pne.py [--repeats 5] [--image-size 128]
 
 1. Loss (forward + backward) on a realistic case: 19 classes, 1/8-resolution Cityscapes-size maps (128 x 256),
-   batch 8, 256-d embeddings, a trained-looking prediction (boundaries off by one pixel, 1% confused with a neighbour class),
-   `sampling="first"`, S = 100, max anchor set 199. Same value to 1e-5; speed ratio loop / vectorised.
+   batch 8, 256-d embeddings, a trained-looking prediction (boundaries off by one pixel, 1% confused with a
+   neighbour class), `sampling="first"`, S = 100, max anchor set 199. Same value to 1e-5; speed ratio loop / vectorised.
 2. Training step (forward, backward, SGD step) of PNE vs Baseline on the same SegModel, alternating (ABAB), medians.
 3. Inference: PNE's eval forward vs Baseline's with the same weights: identical output, time ratio.
 Prints JSON, then a Markdown table. Single thread (`torch.set_num_threads(1)`).

@@ -31,6 +31,9 @@ class SegCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
         parser.link_arguments("data.ignore_index", "model.init_args.ignore_index", apply_on="instantiate")
+        # OCR's soft object regions are one per class
+        parser.link_arguments("data.num_classes", "model.init_args.segmodel.init_args.num_classes",
+                              apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/mIoU",

@@ -138,3 +138,15 @@ def test_eval_step_resizes_to_label_size_and_updates_metric() -> None:
     assert out["preds"].shape == (2, 30, 20)
     scores = model.val_metrics.compute()
     assert not math.isnan(float(scores["aAcc"]))
+
+
+def test_ocr_soft_regions_are_supervised() -> None:
+    segmodel = SegModel(arch="ocr", encoder_name="resnet18", encoder_weights=None, decoder_channels=32, num_classes=4)
+    model = Baseline(segmodel, num_classes=4).eval()  # eval: no dropout, so two forwards agree
+    data = batch()
+    _, losses = model.training_outputs(data["image"], data["mask"])
+    regions = segmodel(data["image"])["soft_regions"]
+    assert set(losses) == {"ce", "soft_regions"} and model.loss_weights["soft_regions"] == 0.4
+    upsampled = F.interpolate(regions, size=(32, 32), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(upsampled, data["mask"], ignore_index=255)
+    assert torch.allclose(losses["soft_regions"], expected, atol=1e-5)

@@ -22,7 +22,8 @@ QUICKSTART = str(CONFIGS / "quickstart.yaml")
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"segcentroids {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    tail = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"segcentroids {' '.join(args)} failed:\n{tail}"
     return result
 
 

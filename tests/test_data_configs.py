@@ -64,5 +64,7 @@ def test_fast_dev_run(dataset: str, protocol: str, tmp_path: Path) -> None:
         *(["--model.init_args.inference.scales=[0.75,1.0]"] if multiscale else []),  # two of the scales: faster
         "--model.init_args.segmodel.init_args.decoder_channels=32",
         "--trainer.fast_dev_run=true",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
         f"--trainer.default_root_dir={tmp_path / 'run'}",
     ])

@@ -340,7 +340,7 @@ def test_mcibi_frameworks_train_and_infer(arch: str):
     images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
     labels[1] = 255  # an all-ignore crop
     outputs, losses = model.training_outputs(images, labels)
-    assert set(losses) == {"ce", "class_probability", "aux", "memory"}
+    assert set(losses) == {"ce", "class_probability", "aux", "memory"} | ({"soft_regions"} if arch == "ocr" else set())
     assert all(torch.isfinite(v) for v in losses.values())
     sum(model.loss_weights.get(k, 1.0) * v for k, v in losses.items()).backward()
     assert model.bottleneck[0].weight.grad is not None and model.dca.classify[0][0].weight.grad is not None
@@ -403,7 +403,8 @@ def _tiny_fit(root: Path, callbacks: list | None = None, ckpt_path: str | None =
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=bool(callbacks),
                         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, default_root_dir=root)
-    trainer.fit(model, data, ckpt_path=ckpt_path)
+    # our own checkpoint: hand-built modules keep dataclass hyper-parameters, which weights-only loading refuses
+    trainer.fit(model, data, ckpt_path=ckpt_path, weights_only=False)
     return model
 
 

@@ -386,7 +386,8 @@ def test_config_fast_dev_run(config, tmp_path):
           "--trainer.sync_batchnorm=false", f"--trainer.default_root_dir={tmp_path}",
           # the paper configs' crop and scale would otherwise carry over to the synthetic DataModule
           "--data.init_args.crop_size=null", "--data.init_args.scale=null", "--data.init_args.test_scale=null",
-          f"--model.init_args.segmodel={segmodel}", f"--model.init_args.num_heads={3 if family == 'segmenter' else 2}",
+          f"--model.init_args.segmodel={segmodel}", "--model.init_args.inference.mode=whole",
+          f"--model.init_args.num_heads={3 if family == 'segmenter' else 2}",
           *(["--model.init_args.kappa=4"] if "mlseg" in config.stem else [])])
 
 

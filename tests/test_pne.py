@@ -33,17 +33,17 @@ def reference_pne(embeddings, logits, labels, *, samples_per_set, max_anchor_set
             idx = torch.nonzero(mask).flatten()
             return idx[torch.arange(S) % len(idx)] if len(idx) else None
 
-        def templates(c):
+        def templates(c, E=E, y=y, pred=pred, valid=valid):
             idx = pick(valid & (y == c) & (pred == c))
             return None if idx is None else E[idx].detach()
 
         for k in range(K):
             pos_idx = pick(valid & (y == k) & (pred == k))
             if individual_anchor_sets:
-                sets = [(l, valid & (y == k) & (pred == l)) for l in range(K) if l != k]
+                sets = [(p, valid & (y == k) & (pred == p)) for p in range(K) if p != k]
             else:
                 sets = [(None, valid & (y == k) & (pred != k))]
-            for l, mask in sets:
+            for predicted, mask in sets:
                 n = int(mask.sum())
                 if n == 0 or pos_idx is None or (max_anchor_set is not None and n > max_anchor_set):
                     continue
@@ -75,7 +75,7 @@ def reference_pne(embeddings, logits, labels, *, samples_per_set, max_anchor_set
                     anchors = anchors[has]
                     sn = torch.einsum("ad,asd->as", anchors, torch.stack([n for n in negatives if n is not None]))
                 else:
-                    negatives = templates(l) if corresponding_negatives else set_negatives
+                    negatives = templates(predicted) if corresponding_negatives else set_negatives
                     if negatives is None and empty_negatives == "skip":
                         continue
                     sn = anchors @ (anchors.detach() if negatives is None else negatives).T

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +195,12 @@ def _check_pair(datamodule: SegDataModule, num_classes: int, pair: tuple[Path, P
     return result
 
 
+def _map_in_chunks(pool: ThreadPoolExecutor, function: Callable, items: list, chunk: int = 512) -> Iterator:
+    """``pool.map`` over ``items`` a chunk at a time, so a split of 100k files does not queue 100k futures."""
+    for start in range(0, len(items), chunk):
+        yield from pool.map(function, items[start : start + chunk])
+
+
 def default_splits(datamodule: SegDataModule) -> list[str]:
     """The splits to check: train, val, and test unless it lists the val data again."""
     splits = ["train", "val"]
@@ -240,7 +246,7 @@ def check_dataset(
         pairs = pairs[:limit] if limit is not None else pairs
         report.class_pixels = np.zeros(num_classes, dtype=np.int64)
         with ThreadPoolExecutor(max(1, workers)) as pool:  # OpenCV decodes without the GIL
-            for result in pool.map(lambda pair: _check_pair(datamodule, num_classes, pair), pairs):
+            for result in _map_in_chunks(pool, lambda pair: _check_pair(datamodule, num_classes, pair), pairs):
                 report.checked += 1
                 report.unreadable += result["unreadable"]
                 if result["size"]:

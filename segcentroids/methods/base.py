@@ -60,7 +60,8 @@ class ParamGroupRule:
     decay_mult: float = 1.0
 
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+OCR_REGION_WEIGHT = 0.4  # mmseg's OCRNet: CE on the soft object regions, weight 0.4
+_NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.Embedding)
 _EMBEDDING_NAMES = ("pos_embed", "cls_token", "position_embedding", "absolute_pos_embed", "relative_position")
 
 
@@ -119,7 +120,7 @@ class Baseline(L.LightningModule):
         self.inference = dataclasses.replace(inference)
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(segmodel.out_channels, num_classes, 1))
         self.aux_head = FCNHead(segmodel.aux_channels, num_classes) if aux_weight > 0 else None
-        self.loss_weights: dict[str, float] = {"ce": 1.0, "aux": aux_weight}
+        self.loss_weights: dict[str, float] = {"ce": 1.0, "aux": aux_weight, "soft_regions": OCR_REGION_WEIGHT}
         self.param_group_rules: list[ParamGroupRule] = [
             ParamGroupRule("segmodel.encoder", lr_mult=self.optim.encoder_lr_mult)
         ]
@@ -156,6 +157,8 @@ class Baseline(L.LightningModule):
         losses = {"ce": self.seg_loss(logits, labels)}
         if self.aux_head is not None:
             losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
+        if "soft_regions" in features:  # OCR's coarse object regions, supervised as in mmseg's OCRNet
+            losses["soft_regions"] = self.seg_loss(features["soft_regions"], labels)
         return outputs, losses
 
     # ------------------------------------------------------------------------------------------------ training
@@ -188,7 +191,7 @@ class Baseline(L.LightningModule):
         for module_name, module in self.named_modules():
             for param_name, param in module.named_parameters(recurse=False):
                 full = f"{module_name}.{param_name}" if module_name else param_name
-                if (isinstance(module, _NORM_TYPES + (nn.Embedding,)) or param_name == "bias" or param.ndim <= 1
+                if (isinstance(module, _NO_DECAY_MODULES) or param_name == "bias" or param.ndim <= 1
                         or any(key in full for key in _EMBEDDING_NAMES)):
                     names.add(full)
         return names
@@ -255,7 +258,7 @@ class Baseline(L.LightningModule):
             self._write_scores(split, scores, table)
 
     def _write_scores(self, split: str, scores: dict[str, Tensor], table: str) -> None:
-        """Machine-readable results in `<log_dir>/metrics/<split>.json`; per-class scores and the table to TensorBoard."""
+        """Results to `<log_dir>/metrics/<split>.json` (machine-readable) and per-class scores to TensorBoard."""
         logger = self.trainer.logger
         if logger is None or self.trainer.log_dir is None:
             return

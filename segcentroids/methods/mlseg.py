@@ -200,10 +200,14 @@ class MLSeg(Baseline):
             outputs["multilabel_logits"] = scores
         if self.aux_head is not None:
             losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
+        if "soft_regions" in features:  # OCR's coarse object regions, as in the Baseline
+            losses["soft_regions"] = self.seg_loss(features["soft_regions"], labels)
         return outputs, losses
 
     # --------------------------------------------------------------------------------------------- evaluation
     def _eval_with_oracle(self, step, batch: dict, batch_idx: int) -> dict:
+        if self.oracle_eval and self.inference.mode != "whole":  # windows of several images share a forward
+            raise ValueError(f"oracle_eval needs inference.mode='whole', got {self.inference.mode!r}")
         if self.oracle_eval:
             self._oracle_targets = multi_hot_labels(batch["mask"], self.num_classes, self.ignore_index)
         try:
@@ -226,7 +230,9 @@ class MLSeg(Baseline):
         if self.multilabel_metrics is None:
             return
         scores = self._eval_scores
-        if scores is None or scores.shape[0] != images.shape[0]:  # e.g. sliding-window inference
+        # the scores cached by the last forward are the batch's own only for one plain whole-image forward
+        if (scores is None or scores.shape[0] != images.shape[0] or self.inference.mode != "whole"
+                or self.inference.augmented):
             scores = self.multilabel_scores(images)
         self._eval_scores = scores = scores.float()
         targets = multi_hot_labels(labels, self.num_classes, self.ignore_index)

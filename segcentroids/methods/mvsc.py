@@ -102,10 +102,11 @@ class MVSC(Baseline):
         generator = self.step_generator(features.device)
         centroids = self.centroids()
         with torch.autocast(device_type=features.device.type, enabled=False):
-            # Eq. 1 and Sec. 3.2: per-class pixels split into G random groups, averaged -> r_{n,g}
-            region_means, present = grouped_class_means(
-                features.float(), labels, self.groups, generator, self.ignore_index, self.num_classes
-            )
+            if self.feature_alignment or self.semantic_projection:
+                # Eq. 1 and Sec. 3.2: per-class pixels split into G random groups, averaged -> r_{n,g}
+                region_means, present = grouped_class_means(
+                    features.float(), labels, self.groups, generator, self.ignore_index, self.num_classes
+                )
             if self.feature_alignment:  # Eq. 2
                 losses["fca"] = feature_centroid_alignment_loss(
                     region_means, centroids, present, self.tau, self.negatives

@@ -20,6 +20,9 @@ DILATED_DEFAULT_STRIDE = 8
 PYRAMID_STRIDE = 4
 
 
+NULL_STRINGS = frozenset({"None", "null", "none", ""})
+
+
 class SegModel(nn.Module):
     """Encoder + decoder returning named features; the method adds the classifier.
 
@@ -56,6 +59,8 @@ class SegModel(nn.Module):
         encoder_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if encoder_weights in NULL_STRINGS:  # jsonargparse passes `...encoder_weights=null` nested in init_args as text
+            encoder_weights = None
         arch = arch.lower()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}, expected one of {list(ARCHS)}")

@@ -1,0 +1,132 @@
+"""`RunRecorder`: the machine-readable cost and metric records the ablation runner collects from a run folder.
+
+Written on rank 0 under `<log_dir>/metrics/` (the run folder when the default TensorBoard logger is used):
+
+- `cost.json` (fit): parameters (all, and those the inference graph uses), inference GFLOPs of one eval forward of
+  one image at the training crop size (`torch.utils.flop_counter`), and the median wall time of a training step
+  (`on_train_batch_start` -> `on_train_batch_end`: forward, backward and optimiser step, no data loading), measured
+  after `warmup_steps` steps.
+- `<split>_all.json` (validate / test): every logged `<split>/...` metric (method metrics such as
+  `val/multilabel_mAP` included), written once the split's epoch has ended.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def inference_cost(module: torch.nn.Module, images: Tensor) -> dict[str, float]:
+    """Parameters (all / used by the eval forward) and GFLOPs of `module(images)` in eval mode.
+
+    A parameter counts as used by inference when the eval forward's output depends on it (it gets a gradient).
+    The module's training mode, gradients and the RNG state are restored.
+    """
+    was_training = module.training
+    saved_grads = {name: p.grad for name, p in module.named_parameters()}
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                out = module(images)
+            for p in module.parameters():
+                p.grad = None
+            out.float().sum().backward()
+        used = sum(p.numel() for p in module.parameters() if p.grad is not None)
+    finally:
+        for name, p in module.named_parameters():
+            p.grad = saved_grads[name]
+        module.train(was_training)
+    return {
+        "params": sum(p.numel() for p in module.parameters()),
+        "params_inference": used,
+        "gflops": counter.get_total_flops() / 1e9 / images.shape[0],
+        "crop": list(images.shape[-2:]),
+    }
+
+
+class RunRecorder(L.Callback):
+    """Records the run's cost (`metrics/cost.json`) and all its split metrics (`metrics/<split>_all.json`)."""
+
+    def __init__(self, warmup_steps: int = 5) -> None:
+        """
+        Args:
+            warmup_steps: training steps left out of the step-time median (fewer are dropped in short runs, so
+                that at least one step is timed).
+        """
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps = warmup_steps
+        self._cost: dict | None = None
+        self._step_times: list[float] = []
+        self._start = 0.0
+
+    def _folder(self, trainer: L.Trainer) -> Path | None:
+        if not trainer.is_global_zero:
+            return None
+        root = trainer.log_dir if trainer.logger is not None and trainer.log_dir else trainer.default_root_dir
+        folder = Path(root) / "metrics"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @staticmethod
+    def _sync(module: L.LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
+                             batch_idx: int) -> None:
+        if self._cost is None:
+            try:
+                self._cost = inference_cost(pl_module, batch["image"][:1])
+            except Exception as error:  # a cost the recorder cannot measure must not stop training
+                self._cost = {"error": f"{type(error).__name__}: {error}"}
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: dict,
+                           batch_idx: int) -> None:
+        self._sync(pl_module)
+        self._step_times.append(time.perf_counter() - self._start)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = self._folder(trainer)
+        if folder is None:
+            return
+        skip = min(self.warmup_steps, max(len(self._step_times) - 1, 0))
+        timed = self._step_times[skip:]
+        record = dict(self._cost or {})
+        record.update({
+            "step_time_s": statistics.median(timed) if timed else None,
+            "timed_steps": len(timed),
+            "device": str(pl_module.device),
+            "precision": str(trainer.precision),
+            "world_size": trainer.world_size,
+        })
+        (folder / "cost.json").write_text(json.dumps(record, indent=2))
+
+    def _write_metrics(self, trainer: L.Trainer, split: str) -> None:
+        if trainer.sanity_checking:
+            return
+        folder = self._folder(trainer)
+        if folder is None:
+            return
+        record = {
+            key: float(value) for key, value in trainer.callback_metrics.items()
+            if key.startswith(f"{split}/") and isinstance(value, (Tensor, float, int)) and torch.as_tensor(value).numel() == 1
+        }
+        (folder / f"{split}_all.json").write_text(json.dumps(record, indent=2))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_metrics(trainer, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_metrics(trainer, "test")

@@ -1,0 +1,54 @@
+"""Validation image panels (input | ground truth | prediction) and colourisation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from segcentroids.callbacks import ValidationImageLogger
+from segcentroids.callbacks.images import IMAGENET_MEAN, IMAGENET_STD, colorize, default_palette, denormalize
+
+
+def test_palette_is_distinct_and_colorize_blackens_ignore() -> None:
+    palette = default_palette(21)
+    assert len(set(palette)) == 21 and palette[0] == (128, 0, 0)  # VOC: class 0 of the shifted table is maroon
+    labels = np.array([[0, 1], [255, 20]])
+    rgb = colorize(labels, palette)
+    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[0, 1]) == palette[1] and tuple(rgb[1, 0]) == (0, 0, 0) and tuple(rgb[1, 1]) == palette[20]
+
+
+def test_denormalize_inverts_imagenet_normalisation() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.float32)
+    normalised = (rgb / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    back = denormalize(torch.from_numpy(normalised).permute(2, 0, 1).float())
+    assert np.abs(back.astype(int) - rgb.astype(int)).max() <= 1
+
+
+class RecordingExperiment:
+    def __init__(self) -> None:
+        self.images: dict[str, np.ndarray] = {}
+
+    def add_image(self, tag: str, image: np.ndarray, step: int, dataformats: str) -> None:
+        assert dataformats == "HWC"
+        self.images[tag] = image
+
+
+def test_logger_makes_three_panel_images_for_the_first_n() -> None:
+    experiment = RecordingExperiment()
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, global_step=3,
+                              logger=SimpleNamespace(experiment=experiment),
+                              datamodule=SimpleNamespace(palette=default_palette(4)))
+    module = SimpleNamespace(num_classes=4, ignore_index=255)
+    callback = ValidationImageLogger(num_images=3)
+    callback.on_validation_epoch_start(trainer, module)
+    for _ in range(2):  # two batches of two: only three images are kept
+        batch = {"image": torch.zeros(2, 3, 8, 6), "mask": torch.full((2, 10, 12), 1)}
+        callback.on_validation_batch_end(trainer, module, {"preds": torch.full((2, 10, 12), 2)}, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+    assert sorted(experiment.images) == ["val/images/0", "val/images/1", "val/images/2"]
+    panel = experiment.images["val/images/0"]
+    assert panel.shape == (10, 36, 3)  # the input is resized to the label size, three panels side by side
+    assert tuple(panel[0, 12]) == default_palette(4)[1] and tuple(panel[0, 24]) == default_palette(4)[2]
