@@ -1,4 +1,5 @@
-"""Images per second of the training pipeline per loader worker, on CamVid and on the synthetic scenes.
+"""Images per second of the training pipeline per loader worker, on CamVid, the synthetic scenes and the paper
+datasets' layouts (``--layouts``: files written on the fly at each dataset's usual image size).
 
 One process stands for one DataLoader worker: the dataset's ``__getitem__`` (read + label mapping + checks + the
 full augmentation pipeline, or scene generation + pipeline) is timed single-threaded, as a worker runs it. Wall-clock
@@ -6,6 +7,7 @@ images/s is what a worker gets on this machine as loaded now; images per CPU-sec
 Each setting is timed ``--repeats`` times and the fastest pass is reported (the machine may be shared).
 
     python benchmarks/data_loading.py --camvid /work/shared/datasets/camvid --num-images 200 --crop 512
+    python benchmarks/data_loading.py --layouts all --num-images 40   # each paper dataset's layout, real sizes
 
 Prints a JSON list (one record per setting) and a Markdown table.
 """
@@ -14,20 +16,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import cv2
 import torch
+from dataset_layouts import LAYOUTS, write_layout
 
 from segcentroids.data import CamVidDataModule, SyntheticDataModule
 from segcentroids.data.base import SegDataModule
+from segcentroids.data.transforms import pair
 
 
 def time_items(
-    data: SegDataModule, num_images: int, name: str, crop: int, repeats: int = 3, warmup: int = 5
+    data: SegDataModule, num_images: int, name: str, crop: int | tuple[int, int], repeats: int = 3, warmup: int = 5
 ) -> dict[str, Any]:
     """Time ``num_images`` training items of ``data`` (after ``warmup`` untimed ones), best of ``repeats`` passes."""
+    crop = pair(crop)
     data.setup("fit")
     dataset = data.datasets["train"]
     for index in range(warmup):
@@ -45,10 +52,10 @@ def time_items(
             item = dataset[index % len(dataset)]
         seconds = min(seconds, time.perf_counter() - start)
         cpu_seconds = min(cpu_seconds, time.process_time() - start_cpu)
-    assert item["image"].shape[-2:] == (crop, crop)
+    assert tuple(item["image"].shape[-2:]) == crop
     return {
         "dataset": name,
-        "crop": [crop, crop],
+        "crop": list(crop),
         "num_images": num_images,
         "repeats": repeats,
         "seconds": round(seconds, 3),
@@ -65,6 +72,9 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=200, help="timed items per setting")
     parser.add_argument("--crop", type=int, default=512, help="square crop size")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting; the fastest is reported")
+    parser.add_argument("--layouts", nargs="+", choices=[*LAYOUTS, "all"], default=[],
+                        help="also time these datasets' layouts, written at their real image size (paper crops)")
+    parser.add_argument("--layout-files", type=int, default=20, help="training pairs written per layout")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(0)
@@ -81,6 +91,11 @@ def main() -> None:
     small = SyntheticDataModule(train_size=args.num_images, num_workers=0)
     settings.append(("synthetic 128x128 scenes (default size)", small, 128))
     records = [time_items(data, args.num_images, name, size, args.repeats) for name, data, size in settings]
+    for name in list(LAYOUTS) if "all" in args.layouts else args.layouts:
+        with tempfile.TemporaryDirectory() as folder:  # files generated on the fly, in the dataset's layout
+            data = write_layout(name, Path(folder), args.layout_files)
+            label = f"{name} layout, {LAYOUTS[name][1]}"
+            records.append(time_items(data, args.num_images, label, data.crop_size, args.repeats))
     print(json.dumps(records, indent=2))
     print("\n| data | crop | images/s per worker (wall) | images per CPU-second | ms/image | file load, CPU ms/image |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")

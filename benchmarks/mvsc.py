@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segcentroids.methods import MVSC, Baseline
 from segcentroids.models import SegModel
-from segcentroids.ops.grouping import downsample_labels, grouped_class_means, random_class_groups
+from segcentroids.ops.grouping import grouped_class_means, random_class_groups
+from segcentroids.ops.resample import nearest_labels
 
 
 def inference_params(model: Baseline, images: torch.Tensor) -> int:
@@ -119,7 +120,7 @@ def loop_class_means(features: torch.Tensor, labels: torch.Tensor, group: torch.
 def grouping_timing(batch: int, dim: int, size: int, classes: int, groups: int, repeats: int) -> dict:
     torch.manual_seed(0)
     features = torch.randn(batch, dim, size // 4, size // 4)
-    labels = downsample_labels(blob_labels(batch, size, classes), (size // 4, size // 4))
+    labels = nearest_labels(blob_labels(batch, size, classes), (size // 4, size // 4))
     ours, _ = grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes)
     group = random_class_groups(labels, groups, classes, torch.Generator().manual_seed(0))
     torch.testing.assert_close(ours, loop_class_means(features, labels, group, groups, classes))

@@ -21,6 +21,10 @@ def tiny_overrides(run_dir: Path, *extra: str) -> list[str]:
     """Arguments that shrink any config to a tiny CPU run in `run_dir`."""
     return [
         f"--data={TINY_DATA}",
+        # a paper config's crop and scales survive the switch of data class: reset them to the tiny images
+        "--data.init_args.crop_size=null",
+        "--data.init_args.scale=null",
+        "--data.init_args.test_scale=null",
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",
         "--trainer.enable_progress_bar=false",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -15,7 +16,12 @@ import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from segcentroids.callbacks.memory import MemoryUpdate, cosine_similarity_matrix, similarity_image
+from segcentroids.callbacks.memory import (
+    MemorySimilarityLogger,
+    MemoryUpdate,
+    cosine_similarity_matrix,
+    similarity_image,
+)
 from segcentroids.callbacks.momentum import MomentumSchedule, poly_momentum, set_module_value
 from segcentroids.data import SyntheticDataModule
 from segcentroids.losses.memory_consistency import representation_consistency_loss
@@ -203,6 +209,7 @@ def _ddp_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return batches
 
 
+@pytest.mark.timeout(300)
 def test_ddp_memories_identical_and_equal_to_single_process(tmp_path: Path):
     """Two gloo processes, each with half of every global batch. Forked rather than spawned: the workers need no
     fresh interpreter (and re-importing the package twice costs most of a minute on a loaded CPU); they use one
@@ -267,6 +274,22 @@ def test_similarity_matrix_and_image():
     torch.testing.assert_close(cosine_similarity_matrix(memory), expected)
     image = similarity_image(expected, cell=4)
     assert image.shape == (12, 12, 3) and image.dtype.name == "uint8"
+
+
+def test_similarity_logger_writes_image_and_scalar():
+    from types import SimpleNamespace
+
+    images, scalars = [], {}
+    holder = torch.nn.Module()
+    holder.memory = FeatureMemory(3, 2)
+    holder.memory.memory.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]))
+    holder.memory.initialized.copy_(torch.tensor([1.0, 1.0, 0.0]))
+    holder.log = lambda name, value, **kwargs: scalars.update({name: float(value)})
+    experiment = SimpleNamespace(add_image=lambda tag, image, step, dataformats: images.append((tag, image.shape)))
+    trainer = SimpleNamespace(logger=SimpleNamespace(experiment=experiment), is_global_zero=True, global_step=4)
+    MemorySimilarityLogger(every_n_steps=2, cell=2).on_train_batch_end(trainer, holder, None, None, 0)
+    assert images == [("train/memory_similarity", (6, 6, 3))]
+    assert scalars["train/memory_mean_similarity"] == pytest.approx(math.sqrt(0.5))  # classes 0, 1 only
 
 
 # ----------------------------------------------------------------------------------------- DCA, fuse, RCL
@@ -480,12 +503,16 @@ def test_ablation_rows_are_mcibi_overrides(table: Path):
     """Every row is the base config plus constructor switches: build each row's model (tiny) from its overrides."""
     import inspect
 
+    from segcentroids.ablate import load_ablation
+
+    load_ablation(table)  # the runner's format check
     spec = yaml.safe_load(table.read_text())
     assert all((ROOT / base).is_file() for base in spec["base"])
     names = [row["name"] for row in spec["rows"]]
     assert len(set(names)) == len(names) and set(spec["paper"]) == set(names) and spec["baseline"] in names
     arguments = inspect.signature(MCIBI.__init__).parameters
     base_arch = yaml.safe_load((ROOT / spec["base"][0]).read_text())["model"]["init_args"]["segmodel"]["init_args"]
+    segmodels: dict[tuple, SegModel] = {}
     for row in spec["rows"]:
         method, kwargs, seg = MCIBI, {}, {"arch": base_arch["arch"]}
         for override in row["overrides"]:
@@ -501,7 +528,10 @@ def test_ablation_rows_are_mcibi_overrides(table: Path):
                 kwargs[name] = yaml.safe_load(value)
         if "num_classes" in seg:
             seg["num_classes"] = 4
-        segmodel = SegModel(encoder_name="resnet18", encoder_weights=None, decoder_channels=32, **seg)
+        key = tuple(sorted(seg.items()))
+        if key not in segmodels:
+            segmodels[key] = SegModel(encoder_name="resnet18", encoder_weights=None, decoder_channels=32, **seg)
+        segmodel = copy.deepcopy(segmodels[key])  # MCIBI on FCN removes the decoder of its SegModel
         extra = {"memory_channels": 16, "transform_channels": 8} if method is MCIBI else {}
         model = method(segmodel=segmodel, num_classes=4, **extra, **kwargs)
         assert type(model) is method

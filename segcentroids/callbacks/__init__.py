@@ -1,8 +1,11 @@
 """Reusable Lightning callbacks: schedules, memory updates, diagnostic images, prediction writing."""
 
 from .centroid_heatmaps import CentroidHeatmapLogger as CentroidHeatmapLogger
-from .images import ValidationImageLogger
-from .multilabel import TopLabelHistogram as TopLabelHistogram
-from .prediction_writer import SegPredictionWriter
-from .memory import MemorySimilarityLogger as MemorySimilarityLogger, MemoryUpdate as MemoryUpdate
+from .images import ValidationImageLogger as ValidationImageLogger
+from .memory import MemorySimilarityLogger as MemorySimilarityLogger
+from .memory import MemoryUpdate as MemoryUpdate
 from .momentum import MomentumSchedule as MomentumSchedule
+from .multilabel import TopLabelHistogram as TopLabelHistogram
+from .prediction_writer import SegPredictionWriter as SegPredictionWriter
+from .requeue import SlurmRequeue as SlurmRequeue
+from .run_recorder import RunRecorder as RunRecorder

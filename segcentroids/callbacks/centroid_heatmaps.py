@@ -58,7 +58,8 @@ class CentroidHeatmapLogger(L.Callback):
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         centroids = getattr(pl_module, "centroids", None)
-        if trainer.sanity_checking or centroids is None or len(self._panels) >= self.num_images:
+        if (trainer.sanity_checking or centroids is None or not trainer.is_global_zero
+                or len(self._panels) >= self.num_images):
             return
         count = min(self.num_images - len(self._panels), batch["image"].shape[0])
         self._panels += self.panels(pl_module, batch["image"][:count], batch["mask"][:count])

@@ -26,24 +26,21 @@ from torch.utils.flop_counter import FlopCounterMode
 def inference_cost(module: torch.nn.Module, images: Tensor) -> dict[str, float]:
     """Parameters (all / used by the eval forward) and GFLOPs of `module(images)` in eval mode.
 
-    A parameter counts as used by inference when the eval forward's output depends on it (it gets a gradient).
-    The module's training mode, gradients and the RNG state are restored.
+    A parameter counts as used by inference when the eval forward's output depends on it (it gets a gradient,
+    computed with `torch.autograd.grad` so `.grad` is untouched). The training mode and the RNG state are restored.
     """
     was_training = module.training
-    saved_grads = {name: p.grad for name, p in module.named_parameters()}
     module.eval()
+    params = [p for p in module.parameters() if p.requires_grad]
     try:
         with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
             counter = FlopCounterMode(display=False)
             with counter:
                 out = module(images)
-            for p in module.parameters():
-                p.grad = None
-            out.float().sum().backward()
-        used = sum(p.numel() for p in module.parameters() if p.grad is not None)
+            # torch.autograd.grad leaves .grad (and DDP's gradient hooks) untouched
+            grads = torch.autograd.grad(out.float().sum(), params, allow_unused=True)
+        used = sum(p.numel() for p, g in zip(params, grads) if g is not None)
     finally:
-        for name, p in module.named_parameters():
-            p.grad = saved_grads[name]
         module.train(was_training)
     return {
         "params": sum(p.numel() for p in module.parameters()),
@@ -72,7 +69,8 @@ class RunRecorder(L.Callback):
     def _folder(self, trainer: L.Trainer) -> Path | None:
         if not trainer.is_global_zero:
             return None
-        root = trainer.log_dir if trainer.logger is not None and trainer.log_dir else trainer.default_root_dir
+        # not `trainer.log_dir`: a broadcast under DDP, and this runs on rank 0 only
+        root = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
         folder = Path(root) / "metrics"
         folder.mkdir(parents=True, exist_ok=True)
         return folder
@@ -121,7 +119,7 @@ class RunRecorder(L.Callback):
             return
         record = {
             key: float(value) for key, value in trainer.callback_metrics.items()
-            if key.startswith(f"{split}/") and isinstance(value, (Tensor, float, int)) and torch.as_tensor(value).numel() == 1
+            if key.startswith(f"{split}/") and torch.as_tensor(value).numel() == 1
         }
         (folder / f"{split}_all.json").write_text(json.dumps(record, indent=2))
 

@@ -243,6 +243,8 @@ class SegDataModule(L.LightningDataModule):
     PALETTE: tuple[tuple[int, int, int], ...] = ()
     # optional static hook ``path -> (stored label, train ids)`` replacing ``read_label`` + ``map_labels``
     load_label: LabelLoader | None = None
+    # published number of image/label pairs per split (checked by ``segcentroids check-data``); empty: unknown
+    SPLIT_SIZES: dict[str, int] = {}
 
     def __init__(
         self,
@@ -319,9 +321,14 @@ class SegDataModule(L.LightningDataModule):
             flip_prob=self.flip_prob,
             photometric=self.photometric,
             ignore_index=self.ignore_index,
+            flip=self.flip_transform(),
         )
         transform.set_random_seed(torch.initial_seed() % 2**32)
         return transform
+
+    def flip_transform(self) -> A.BasicTransform | None:
+        """The training flip; ``None`` means albumentations' ``HorizontalFlip(p=flip_prob)`` (LIP swaps classes)."""
+        return None
 
     def test_transform(self) -> A.Compose:
         """The evaluation/predict pipeline (image only)."""

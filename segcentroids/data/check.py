@@ -24,9 +24,6 @@ from jsonargparse import ArgumentError, ArgumentParser
 
 from segcentroids.data.base import SegDataModule, read_image, read_label, short_list
 
-# sizes of datasets whose DataModule does not give SPLIT_SIZES itself (DATASETS.md)
-KNOWN_SPLIT_SIZES = {"CamVidDataModule": {"train": 367, "val": 101, "test": 233}}
-
 
 @dataclass
 class SplitReport:
@@ -219,8 +216,7 @@ def default_splits(datamodule: SegDataModule) -> list[str]:
 
 def expected_sizes(datamodule: SegDataModule) -> dict[str, int]:
     """Expected pairs per split (the dataset's published sizes), empty when unknown."""
-    sizes = getattr(datamodule, "SPLIT_SIZES", None)
-    return dict(sizes) if sizes else dict(KNOWN_SPLIT_SIZES.get(type(datamodule).__name__, {}))
+    return dict(getattr(datamodule, "SPLIT_SIZES", None) or {})
 
 
 def check_dataset(

@@ -8,12 +8,10 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
-import torch
 
 from segcentroids.data.base import FilePair, SegDataModule, map_with_table
 from segcentroids.data.labels import generated_palette, table_from_ids
 from segcentroids.data.layouts import SplitScan, scan_folders
-from segcentroids.data.transforms import build_train_transform
 
 LIP_TABLE = table_from_ids(range(20))
 # left/right class pairs: arms, legs, shoes
@@ -102,17 +100,6 @@ class LIPDataModule(SegDataModule):
         """As stored: 0..19 and 255; anything else -> -1 (undefined)."""
         return map_with_table(raw, LIP_TABLE)
 
-    def train_transform(self) -> A.Compose:
-        """The shared training pipeline with ``LeftRightFlip`` in place of the plain horizontal flip."""
-        transform = build_train_transform(
-            self.crop_size,
-            self.scale,
-            ratio_range=self.ratio_range,
-            cat_max_ratio=self.cat_max_ratio,
-            flip_prob=self.flip_prob,
-            photometric=self.photometric,
-            ignore_index=self.ignore_index,
-            flip=LeftRightFlip(LIP_FLIP_PAIRS, p=self.flip_prob) if self.flip_prob > 0 else None,
-        )
-        transform.set_random_seed(torch.initial_seed() % 2**32)
-        return transform
+    def flip_transform(self) -> A.BasicTransform | None:
+        """``LeftRightFlip`` (left/right parts swapped) in place of the plain horizontal flip."""
+        return LeftRightFlip(LIP_FLIP_PAIRS, p=self.flip_prob) if self.flip_prob > 0 else None

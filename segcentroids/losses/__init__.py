@@ -6,7 +6,8 @@ from .centroid import centroid_pulling_loss as centroid_pulling_loss
 from .centroid import centroid_semantic_loss as centroid_semantic_loss
 from .centroid import feature_centroid_alignment_loss as feature_centroid_alignment_loss
 from .extra import ExtraLoss
-from .pne import PNELoss as PNELoss, PNEObjective as PNEObjective
 from .memory_consistency import representation_consistency_loss as representation_consistency_loss
+from .pne import PNELoss as PNELoss
+from .pne import PNEObjective as PNEObjective
 
 __all__ = ["ExtraLoss"]

@@ -3,8 +3,9 @@
 Anchors are the misclassified pixels of an image. With individual anchor sets (IAS) the anchors of ground-truth
 class k predicted as l form the set S_{l,k}; its positives are the correctly predicted pixels of class k (P_{k,k}) and,
 with corresponding negatives (CN), its negatives are the correctly predicted pixels of class l (N_{l,l}). Every set is
-sampled to exactly `samples_per_set` members, so all sets of all images are fixed-size blocks `[pairs, S, D]`
-built with one sort of the batch's pixels by set and gathers; nothing loops over classes or pairs.
+sampled to exactly `samples_per_set` (S) members, so every set of every image is a fixed-size block, built with one
+sort of the batch's pixels by set and gathers; the distinct anchors of a set are weighted by how often the sampling
+repeats them and meet their set's S positives and S negatives in batched matmuls. Nothing loops over classes or pairs.
 """
 
 from __future__ import annotations

@@ -260,9 +260,11 @@ class Baseline(L.LightningModule):
     def _write_scores(self, split: str, scores: dict[str, Tensor], table: str) -> None:
         """Results to `<log_dir>/metrics/<split>.json` (machine-readable) and per-class scores to TensorBoard."""
         logger = self.trainer.logger
-        if logger is None or self.trainer.log_dir is None:
+        # the logger's folder, not `trainer.log_dir`: that is a broadcast under DDP and this runs on rank 0 only
+        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if logger is None or log_dir is None:
             return
-        folder = Path(self.trainer.log_dir) / "metrics"
+        folder = Path(log_dir) / "metrics"
         folder.mkdir(parents=True, exist_ok=True)
 
         def clean(value: float) -> float | None:

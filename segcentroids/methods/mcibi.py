@@ -49,6 +49,10 @@ class MCIBI(Baseline):
             the epoch length is unknown.
         similarity_log_every_n_steps: period of the memory cosine-similarity image (diagnostics).
         **kwargs: Baseline arguments (`segmodel`, `num_classes`, `dropout`, `aux_weight`, `optim`, ...).
+
+    State: `memory.memory`, `memory.initialized` and `memory_momentum` are float32 buffers (checkpointed). The
+    callbacks from `configure_callbacks()` set the momentum before each batch and update the memory after it from
+    the step's `outputs["memory_features"]` (R, detached).
     """
 
     memory_momentum: Tensor

@@ -7,8 +7,9 @@ its randomness from an explicit `torch.Generator`, so a training step is reprodu
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from segcentroids.ops.resample import nearest_labels
 
 # random keys live in the low 31 bits of the sort key, the class index above them
 _KEY_BITS = 31
@@ -17,13 +18,6 @@ _KEY_BITS = 31
 def _count(index: Tensor, size: int) -> Tensor:
     """Occurrences of each value of `index` in `[0, size)` (a `bincount` without its host sync on CUDA)."""
     return torch.zeros(size, dtype=torch.long, device=index.device).scatter_add_(0, index, torch.ones_like(index))
-
-
-def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of int labels `[B, H, W]` to `size` (no-op when already there)."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
 def random_class_groups(
@@ -46,7 +40,7 @@ def random_class_groups(
     """
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
-    flat = labels.reshape(-1)
+    flat = labels.reshape(-1).long()
     valid = (flat != ignore_index) & (flat >= 0) & (flat < num_classes)
     classes = torch.where(valid, flat, torch.full_like(flat, num_classes))  # ignored pixels -> bin K
     key_device = generator.device if generator is not None else flat.device
@@ -86,7 +80,7 @@ def grouped_class_means(
         take the mean of all its pixels so that every present (g, k) holds a mean of real features.
     """
     batch, dim, height, width = features.shape
-    labels = downsample_labels(labels, (height, width))
+    labels = nearest_labels(labels, (height, width))
     if num_classes is None:
         valid_labels = labels[labels != ignore_index]
         num_classes = int(valid_labels.max()) + 1 if valid_labels.numel() else 1

@@ -1,0 +1,285 @@
+"""The ablation runner: file format, table maths, local runs (resume, failing row), dry-run, SLURM script."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from segcentroids.ablate import (
+    AblationFormatError,
+    build_tasks,
+    check_rows,
+    collect_run,
+    format_markdown,
+    load_ablation,
+    main,
+    slugify,
+    summarize,
+)
+from segcentroids.callbacks.run_recorder import inference_cost
+from tests.conftest import CONFIGS, REPO, TINY_DATA
+
+ABLATION_FILES = sorted((CONFIGS / "ablations").rglob("*.yaml"))
+TINY = [
+    f"--data={TINY_DATA}", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_steps=2",
+    "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false", "--model.init_args.segmodel.init_args.decoder_channels=16",
+]
+
+
+def write_table(folder: Path, **changes: object) -> Path:
+    table = {
+        "title": "tiny table",
+        "base": [str(CONFIGS / "quickstart.yaml")],
+        "overrides": ["--model.init_args.dropout=0.0"],
+        "baseline": "base",
+        "seeds": [0],
+        "metrics": ["test/mIoU", "test/mAcc"],
+        "rows": [
+            {"name": "base", "overrides": []},
+            {"name": "broken", "overrides": ["--model.init_args.no_such_argument=1"]},
+            {"name": "lower lr", "overrides": ["--model.init_args.optim.lr=0.0005"]},
+        ],
+        "paper": {"base": 50.0, "lower lr": {"test/mIoU": 49.0, "test/mAcc": 60.0}},
+    }
+    table.update(changes)
+    path = folder / "table.yaml"
+    path.write_text(yaml.safe_dump(table, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ table maths
+def test_summarize_against_a_hand_computation() -> None:
+    results = {
+        "base": [{"m": 40.0, "params": 12_000_000, "gflops": 1.5, "step_time_s": 1.0},
+                 {"m": 42.0, "params": 12_000_000, "gflops": 1.5, "step_time_s": 3.0}],
+        "a": [{"m": 43.0, "params_inference": 2_500_000, "params": 3_000_000, "gflops": 2.0, "step_time_s": 3.0},
+              {"m": 47.0, "step_time_s": 5.0}],
+        "single": [{"m": 30.0}],
+    }
+    paper = {"base": {"m": 40.0}, "a": {"m": 44.5}}
+    table = {line["row"]: line for line in summarize(results, ["base", "a", "single", "missing"], "base", ["m"],
+                                                      paper, seeds_per_row=2)}
+    # base: mean (40 + 42) / 2 = 41, sample std sqrt((1 + 1) / 1); a: mean 45, std sqrt((4 + 4) / 1)
+    assert table["base"]["m"] == pytest.approx(41.0) and table["base"]["m std"] == pytest.approx(math.sqrt(2))
+    assert table["a"]["m"] == pytest.approx(45.0) and table["a"]["m std"] == pytest.approx(math.sqrt(8))
+    assert table["base"]["m delta"] == pytest.approx(0.0) and table["a"]["m delta"] == pytest.approx(4.0)
+    assert table["a"]["m paper"] == 44.5 and table["a"]["m paper delta"] == pytest.approx(4.5)
+    assert table["single"]["m std"] is None and table["single"]["m delta"] == pytest.approx(-11.0)
+    assert table["single"]["m paper"] is None and table["single"]["m paper delta"] is None
+    assert table["missing"]["m"] is None and table["missing"]["m delta"] is None and table["missing"]["runs"] == "0/2"
+    # step time: (3 + 5) / 2 over (1 + 3) / 2; params: the inference count when known, in millions
+    assert table["a"]["step time x"] == pytest.approx(2.0) and table["base"]["step time x"] == pytest.approx(1.0)
+    assert table["a"]["params (M)"] == pytest.approx(2.5) and table["base"]["params (M)"] == pytest.approx(12.0)
+    assert table["a"]["GFLOPs"] == 2.0 and table["single"]["step time x"] is None
+
+    markdown = format_markdown("T", list(table.values()), ["m"], "base")
+    assert "| a | 2/2 | 45.00 ± 2.83 | +4.00 | 44.50 (+4.50) | 2.50 | 2.000 | 2.00 |" in markdown
+    assert "| base (baseline) | 2/2 | 41.00 ± 1.41 | +0.00 | 40.00 (+0.00) |" in markdown
+
+
+def test_inference_cost_counts_flops_and_only_the_parameters_inference_uses() -> None:
+    class WithTrainingHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.training_only = nn.Linear(5, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    module = WithTrainingHead().train()
+    cost = inference_cost(module, torch.randn(1, 3, 8, 8))
+    assert cost["params"] == 3 * 4 + 4 + 5 * 5 + 5 and cost["params_inference"] == 3 * 4 + 4
+    assert cost["gflops"] == pytest.approx(2 * 3 * 4 * 8 * 8 / 1e9)  # one multiply-add per weight and pixel
+    assert module.training and module.conv.weight.grad is None
+
+
+# --------------------------------------------------------------------------------------------------- format
+def test_slugs_are_folder_names() -> None:
+    assert slugify("+ MT + LS") == "mt-ls" and slugify("tau=0.1") == "tau-0.1" and slugify("w/o L_v") == "w-o-l-v"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"colour": 1}, "unknown key(s) ['colour']"),
+    ({"baseline": "nope"}, "'baseline' 'nope' is not a row name"),
+    ({"overrides": ["model.init_args.x=1"]}, "'overrides': 'model.init_args.x=1' is not a command-line argument"),
+    ({"rows": [{"name": "a", "overrides": []}, {"name": "a", "overrides": []}]}, "have the same name 'a'"),
+    ({"paper": {"nope": 1.0}}, "paper: 'nope' is not a row name"),
+    ({"paper": {"base": {"val/mIoU": 1.0}}}, "metric 'val/mIoU' is not in 'metrics'"),
+    ({"base": ["configs/nowhere.yaml"]}, "base[0]: config file 'configs/nowhere.yaml' not found"),
+    ({"metrics": ["mIoU"]}, "metric 'mIoU' must be 'val/<name>' or 'test/<name>'"),
+    ({"evaluate": "predict"}, "'evaluate' must be 'test' or 'validate'"),
+    ({"seeds": ["0"]}, "'seeds' must be a non-empty list of integers"),
+])
+def test_format_errors_name_the_file_and_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    path = write_table(tmp_path, **change)
+    with pytest.raises(AblationFormatError, match="table.yaml") as error:
+        load_ablation(path)
+    assert message in str(error.value)
+
+
+def test_defaults_and_evaluate_follow_the_metrics(tmp_path: Path) -> None:
+    ablation = load_ablation(write_table(tmp_path, metrics=["val/mIoU"], paper={"base": 1.0}))
+    assert ablation.evaluate == "validate" and ablation.paper == {"base": {"val/mIoU": 1.0}}
+    assert load_ablation(write_table(tmp_path)).evaluate == "test"
+
+
+@pytest.mark.parametrize("path", ABLATION_FILES, ids=lambda p: str(p.relative_to(CONFIGS / "ablations")))
+def test_every_ablation_file_loads_and_dry_runs(path: Path, capsys: pytest.CaptureFixture,
+                                                tmp_path: Path) -> None:
+    ablation = load_ablation(path)
+    assert main([str(path), "--dry-run", "--launcher", "slurm", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    runs = len(ablation.rows) * len(ablation.seeds)
+    assert printed.count("segcentroids fit --config") == runs
+    assert printed.count(f"segcentroids {ablation.evaluate} --config") == runs
+    assert f"#SBATCH --array={','.join(map(str, range(runs)))}" in printed
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_every_ablation_row_parses_on_tiny_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every row of every paper table is a valid `segcentroids fit` command (keys, types, class paths)."""
+    monkeypatch.chdir(REPO)
+    errors = {}
+    for path in ABLATION_FILES:
+        ablation = load_ablation(path)
+        for row, message in check_rows(ablation, build_tasks(ablation, tmp_path), [f"--data={TINY_DATA}"]).items():
+            errors[f"{path.name}: {row}"] = message
+    assert not errors, errors
+
+
+def test_check_reports_rows_that_do_not_parse(tmp_path: Path) -> None:
+    ablation = load_ablation(write_table(tmp_path))
+    errors = check_rows(ablation, build_tasks(ablation, tmp_path), [])
+    assert list(errors) == ["broken"] and "no_such_argument" in errors["broken"]
+
+
+def test_collect_reads_the_run_files(tmp_path: Path) -> None:
+    ablation = load_ablation(write_table(tmp_path, metrics=["val/mIoU", "val/multilabel_mAP"], paper={}))
+    task = build_tasks(ablation, tmp_path / "out", rows=["base"])[0]
+    (task.run_dir / "metrics").mkdir(parents=True)
+    (task.run_dir / "metrics" / "val.json").write_text(json.dumps({"mIoU": 41.5, "mAcc": 50.0}))
+    (task.run_dir / "metrics" / "val_all.json").write_text(json.dumps({"val/multilabel_mAP": 62.5}))
+    (task.run_dir / "metrics" / "cost.json").write_text(json.dumps({"params": 10, "gflops": 1.5, "step_time_s": 0.2}))
+    assert collect_run(ablation, task) is None  # not finished: no ablate.json saying done
+    (task.run_dir / "ablate.json").write_text(json.dumps({"status": "done"}))
+    assert collect_run(ablation, task) == {"val/mIoU": 41.5, "val/multilabel_mAP": 62.5, "params": 10,
+                                           "params_inference": None, "gflops": 1.5, "step_time_s": 0.2}
+
+
+# ---------------------------------------------------------------------------------------------------- running
+def test_dry_run_prints_commands_and_the_sbatch_script(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_table(tmp_path, seeds=[0, 1])
+    out = tmp_path / "out"
+    assert main([str(path), "--dry-run", "--launcher", "slurm", "--out", str(out), "--rows", "base", "lower lr",
+                 "--sbatch", "partition=gpu", "--trainer.max_steps=2"]) == 0
+    printed = capsys.readouterr().out
+    fits = [line for line in printed.splitlines() if line.startswith("segcentroids fit ")]
+    tests = [line for line in printed.splitlines() if line.startswith("segcentroids test ")]
+    assert len(fits) == 4 and len(tests) == 4
+    assert f"--trainer.default_root_dir={out}/lower-lr/seed1" in fits[3] and "--seed_everything=1" in fits[3]
+    assert "--model.init_args.optim.lr=0.0005 --trainer.max_steps=2" in fits[3]
+    assert f"--ckpt_path={out}/base/seed0/checkpoints/last.ckpt" in tests[0]
+    assert "#SBATCH --array=0,1,2,3" in printed and "#SBATCH --partition=gpu" in printed
+    srun = next(line for line in printed.splitlines() if line.startswith("srun "))
+    assert "--task \"$SLURM_ARRAY_TASK_ID\" -- --trainer.max_steps=2" in srun and "'lower lr'" in srun
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def ablated(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny table run in two goes: first the baseline row alone, then all rows (resume)."""
+    folder = tmp_path_factory.mktemp("ablate")
+    path, out = write_table(folder), folder / "out"
+    first = main([str(path), "--out", str(out), "--in-process", "--rows", "base", *TINY])
+    after_first = {slug: (out / slug).exists() for slug in ("base", "broken", "lower-lr")}
+    base_json = out / "base" / "seed0" / "metrics" / "test.json"
+    stamp = base_json.stat().st_mtime_ns
+    second = main([str(path), "--out", str(out), "--in-process", *TINY])
+    return {"out": out, "first": first, "after_first": after_first, "second": second,
+            "base_rerun": base_json.stat().st_mtime_ns != stamp}
+
+
+def test_runner_runs_rows_and_resumes(ablated: dict) -> None:
+    out = ablated["out"]
+    assert ablated["first"] == 0 and ablated["after_first"] == {"base": True, "broken": False, "lower-lr": False}
+    assert not ablated["base_rerun"], "the finished baseline row was run again"
+    for slug in ("base", "lower-lr"):
+        run = out / slug / "seed0"
+        assert json.loads((run / "ablate.json").read_text())["status"] == "done"
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+        cost = json.loads((run / "metrics" / "cost.json").read_text())
+        assert cost["params"] > 0 and cost["gflops"] > 0 and cost["step_time_s"] > 0 and cost["crop"] == [64, 64]
+        logged = json.loads((run / "metrics" / "test_all.json").read_text())
+        assert logged["test/mIoU"] == pytest.approx(json.loads((run / "metrics" / "test.json").read_text())["mIoU"],
+                                                    abs=1e-3)
+
+
+def test_a_failing_row_is_reported_and_the_others_still_run(ablated: dict) -> None:
+    out = ablated["out"]
+    assert ablated["second"] == 1
+    status = json.loads((out / "broken" / "seed0" / "ablate.json").read_text())
+    assert status["status"] == "failed" and "fit" in status["error"] and "no_such_argument" in status["error"]
+    assert json.loads((out / "lower-lr" / "seed0" / "ablate.json").read_text())["status"] == "done"
+
+
+def test_table_holds_the_runs_metrics(ablated: dict) -> None:
+    out = ablated["out"]
+    scores = {slug: json.loads((out / slug / "seed0" / "metrics" / "test.json").read_text())
+              for slug in ("base", "lower-lr")}
+    with (out / "table.csv").open() as stream:
+        lines = {line["row"]: line for line in csv.DictReader(stream)}
+    assert list(lines) == ["base", "broken", "lower lr"]
+    assert float(lines["base"]["test/mIoU"]) == pytest.approx(scores["base"]["mIoU"])
+    assert float(lines["lower lr"]["test/mAcc"]) == pytest.approx(scores["lower-lr"]["mAcc"])
+    assert float(lines["lower lr"]["test/mIoU delta"]) == pytest.approx(
+        scores["lower-lr"]["mIoU"] - scores["base"]["mIoU"])
+    assert float(lines["lower lr"]["test/mIoU paper delta"]) == pytest.approx(-1.0)
+    assert lines["broken"]["runs"] == "0/1" and lines["broken"]["test/mIoU"] == ""
+    markdown = (out / "table.md").read_text()
+    assert "| base (baseline) | 1/1 |" in markdown and "| broken | 0/1 | - |" in markdown
+
+
+def test_subprocess_launch_keeps_the_log_of_a_failing_row(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path, out = write_table(tmp_path), tmp_path / "out"
+    assert main([str(path), "--out", str(out), "--rows", "broken", *TINY]) == 1
+    log = (out / "broken" / "seed0" / "ablate_fit.log").read_text()
+    assert "no_such_argument" in log
+    assert "FAILED broken / seed 0" in capsys.readouterr().err
+
+
+def test_slurm_launcher_with_stand_in_sbatch_and_srun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """The array script run by stand-ins: `sbatch --wait` runs each array task in turn, `srun` runs its command."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/bash\n"
+        'for a in "$@"; do script="$a"; done\n'
+        'echo "$@" >> "$FAKE_SBATCH_LOG"\n'
+        "array=$(sed -n 's/^#SBATCH --array=\\([0-9,]*\\).*/\\1/p' \"$script\")\n"
+        'for id in ${array//,/ }; do SLURM_ARRAY_TASK_ID=$id bash "$script" > /dev/null 2>&1 || rc=1; done\n'
+        "echo 4242\nexit ${rc:-0}\n")
+    (bin_dir / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("FAKE_SBATCH_LOG", str(tmp_path / "sbatch.log"))
+    path, out = write_table(tmp_path), tmp_path / "out"
+    assert main([str(path), "--launcher", "slurm", "--out", str(out), "--rows", "base", "broken", *TINY]) == 1
+    assert "--parsable --wait" in (tmp_path / "sbatch.log").read_text()
+    assert "#SBATCH --array=0,1" in (out / "slurm" / "array.sbatch").read_text()
+    assert json.loads((out / "base" / "seed0" / "ablate.json").read_text())["status"] == "done"
+    assert json.loads((out / "broken" / "seed0" / "ablate.json").read_text())["status"] == "failed"
+    printed = capsys.readouterr()
+    assert "submitted array job 4242 (2 tasks)" in printed.out and "| base (baseline) | 1/1 |" in printed.out
+    assert "FAILED broken / seed 0" in printed.err
