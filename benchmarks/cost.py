@@ -23,12 +23,12 @@ import ctypes
 import json
 import multiprocessing
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
+from timing import abab, synchronize
 from torch.utils.flop_counter import FlopCounterMode
 
 from segcentroids.callbacks.run_recorder import inference_cost
@@ -72,10 +72,6 @@ def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16)
 
 
-def synchronize(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def train_step(model: Baseline, batch: dict, args: argparse.Namespace) -> Callable[[], None]:
     """One optimisation step as the Trainer runs it, with the method's own callbacks' batch hooks."""
@@ -111,19 +107,6 @@ def infer(model: Baseline, batch: dict, args: argparse.Namespace) -> Callable[[]
 
     return run
 
-
-def abab(first: Callable[[], None], second: Callable[[], None], repeats: int, device: str) -> tuple[float, float]:
-    """Median seconds of `first` and `second` run in turn, after one warm-up each."""
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, bucket in ((first, times[0]), (second, times[1])):
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _status_mib(field: str) -> float:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
+from timing import alternate
 
 from segcentroids.inference import InferenceConfig, infer
 from segcentroids.methods import Baseline
@@ -46,19 +46,15 @@ def main() -> None:
         "MS+flip slide, 1 window per forward": InferenceConfig(**slide, **ms_flip, window_batch_size=1),
         "MS+flip slide, batched windows": InferenceConfig(**slide, **ms_flip, window_batch_size=64),
     }
-    times: dict[str, list[float]] = {name: [] for name in settings}
+    def run(config: InferenceConfig) -> Callable[[], object]:
+        return lambda: infer(model, images, (height, width), config)
+
     with torch.no_grad():
-        for config in settings.values():  # warm-up
-            infer(model, images, (height, width), config)
-        for _ in range(args.repeats):
-            for name, config in settings.items():
-                start = time.perf_counter()
-                infer(model, images, (height, width), config)
-                times[name].append(time.perf_counter() - start)
-    whole = statistics.median(times["whole"])
+        medians = alternate({name: run(config) for name, config in settings.items()}, args.repeats)
+    whole = medians["whole"]
     records = []
     for name in settings:
-        median = statistics.median(times[name])
+        median = medians[name]
         single = name.replace("batched windows", "1 window per forward").replace("flips batched", "1 view per forward")
         records.append({
             "setting": name,
@@ -67,7 +63,7 @@ def main() -> None:
             "stride": list(stride) if "slide" in name else None,
             "median_ms": round(1000 * median, 1),
             "x_whole": round(median / whole, 2),
-            "speedup_vs_one_at_a_time": round(statistics.median(times[single]) / median, 2) if single != name else None,
+            "speedup_vs_one_at_a_time": round(medians[single] / median, 2) if single != name else None,
         })
     print(json.dumps(records, indent=2))
     print("\n| setting | median ms | x whole | speed-up of batching |")

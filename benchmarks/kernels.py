@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import torch
+from timing import abab
 
 from segcentroids.losses import PNELoss
-from segcentroids.nn.memory import FeatureMemory
 from segcentroids.ops import pyramid_targets
 from segcentroids.ops.grouping import grouped_class_means, random_class_groups
 
@@ -40,17 +38,6 @@ def load(path: Path, name: str) -> ModuleType:
     spec.loader.exec_module(module)
     return module
 
-
-def abab(loop: Callable[[], object], ours: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median seconds of `loop` and `ours`, run in turn after one warm-up each."""
-    loop(), ours()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, bucket in ((loop, times[0]), (ours, times[1])):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def blocky_labels(batch: int, size: int, classes: int, block: int, generator: torch.Generator) -> torch.Tensor:
@@ -67,32 +54,16 @@ def row(op: str, shape: str, loop_s: float, ours_s: float, diff: float) -> dict:
 
 
 def memory_update(repeats: int) -> dict:
-    loop_update = load(ROOT / "benchmarks" / "mcibi.py", "bench_mcibi").loop_update
+    memory_case = load(ROOT / "benchmarks" / "mcibi.py", "bench_mcibi").memory_case
     g = torch.Generator().manual_seed(0)
     batch, channels, classes = 4, 256, 19
     features = torch.randn(batch, channels, 32, 32, generator=g)
     labels = blocky_labels(batch, 128, classes, 16, g)
-    ours = FeatureMemory(classes, channels, update_resolution="label")
-    ours.update(features.roll(1, 0), labels, 0.9)  # initialise; the timed path is the momentum update
-    start_memory, start_flags = ours.memory.clone(), ours.initialized.clone()
-    loop_memory, loop_flags = start_memory.clone(), start_flags.clone()
-
-    def run_ours() -> None:
-        ours.memory.copy_(start_memory)
-        ours.initialized.copy_(start_flags)
-        ours.update(features, labels, 0.5)
-
-    def run_loop() -> None:
-        loop_memory.copy_(start_memory)
-        loop_flags.copy_(start_flags)
-        loop_update(loop_memory, loop_flags, features, labels, 0.5, "label")
-
-    with torch.no_grad():
-        loop_s, ours_s = abab(run_loop, run_ours, repeats)
-        run_loop(), run_ours()
-    torch.testing.assert_close(ours.memory, loop_memory, rtol=1e-4, atol=1e-5)
-    return row("FeatureMemory.update (label res.)", f"B={batch} C={channels} K={classes} feat 32^2 labels 128^2",
-               loop_s, ours_s, float((ours.memory - loop_memory).abs().max()))
+    case = memory_case("label", features, labels, classes, repeats)  # ours vs the loop, from one initialised memory
+    diff = case["max_abs_diff_vs_own_loop"]
+    if diff > 1e-4:
+        raise AssertionError(f"FeatureMemory.update differs from the per-class loop by {diff}")
+    return row("FeatureMemory.update (label res.)", case["shape"], case["loop_ms"] / 1e3, case["ours_ms"] / 1e3, diff)
 
 
 def pne_loss(repeats: int) -> dict:

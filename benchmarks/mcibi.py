@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import alternate
 from torch.utils.flop_counter import FlopCounterMode
 
 from segcentroids.methods import MCIBI, Baseline
@@ -52,18 +51,6 @@ def loop_update(memory: torch.Tensor, initialized: torch.Tensor, features: torch
         target = (weights[:, None] * members).sum(0) / weights.sum()
         memory[k] = (1 - momentum) * memory[k] + momentum * target
 
-
-def alternate(contenders: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds of each contender, run in turn (ABAB...) after one warm-up each."""
-    for run in contenders.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def memory_case(resolution: str, features: torch.Tensor, labels: torch.Tensor, num_classes: int,

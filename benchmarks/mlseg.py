@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import abab
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -52,17 +51,6 @@ def infer(model: Baseline, images: torch.Tensor) -> None:
     with torch.no_grad():
         model(images)
 
-
-def abab(first: Callable[[], None], second: Callable[[], None], repeats: int) -> tuple[float, float]:
-    """Median seconds of `first` and `second`, run alternately after one untimed warm-up each."""
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, bucket in ((first, times[0]), (second, times[1])):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def compare(name: str, make_baseline: Callable[[], Baseline], make_mlseg: Callable[[], MLSeg], size: int,

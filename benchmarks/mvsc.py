@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from timing import abab
 from torch.utils.flop_counter import FlopCounterMode
 
 from segcentroids.methods import MVSC, Baseline
@@ -52,20 +52,6 @@ def train_step(model: Baseline, optimizer: torch.optim.Optimizer, images: torch.
     optimizer.step()
 
 
-def abab(first: Callable[[], None], second: Callable[[], None], repeats: int) -> tuple[float, float]:
-    """Median CPU seconds of `first` and `second`, run alternately after one untimed warm-up each.
-
-    Process time of one thread, not wall time: on a shared machine it does not count the time other jobs hold the core.
-    """
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, bucket in ((first, times[0]), (second, times[1])):
-            start = time.process_time()
-            fn()
-            bucket.append(time.process_time() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
-
 
 def blob_labels(batch: int, size: int, classes: int, seed: int = 0) -> torch.Tensor:
     """Labels made of 16x16-pixel blocks of random classes, with some ignore."""
@@ -91,7 +77,7 @@ def compare(name: str, make_segmodel: Callable[[], SegModel], size: int, classes
     flops = (inference_flops(baseline, one), inference_flops(mvsc, one))
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-5) for m in (baseline, mvsc)]
     train = abab(lambda: train_step(baseline, optimizers[0], images, labels),
-                 lambda: train_step(mvsc, optimizers[1], images, labels), repeats)
+                 lambda: train_step(mvsc, optimizers[1], images, labels), repeats, clock=time.process_time)
     return {
         "pair": name, "size": size, "classes": classes, "groups": mvsc.groups, "dim": segmodel.out_channels,
         "train_batch": batch,
@@ -126,7 +112,7 @@ def grouping_timing(batch: int, dim: int, size: int, classes: int, groups: int, 
     torch.testing.assert_close(ours, loop_class_means(features, labels, group, groups, classes))
     vectorised, loop = abab(
         lambda: grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes),
-        lambda: loop_class_means(features, labels, group, groups, classes), repeats)
+        lambda: loop_class_means(features, labels, group, groups, classes), repeats, clock=time.process_time)
     return {"op": "grouped_class_means", "features": list(features.shape), "classes": classes, "groups": groups,
             "vectorised_ms": round(vectorised * 1e3, 2), "loop_ms": round(loop * 1e3, 2),
             "speedup": round(loop / vectorised, 1)}

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import alternate
 
 from segcentroids.losses import PNELoss
 from segcentroids.methods import PNE, Baseline
@@ -55,12 +54,6 @@ def realistic_case(B: int = 8, K: int = 19, h: int = 128, w: int = 256, D: int =
     return embeddings, logits, labels
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def bench_loss(repeats: int) -> dict:
     reference = load_reference()
     embeddings, logits, labels = realistic_case()
@@ -81,11 +74,7 @@ def bench_loss(repeats: int) -> dict:
 
     ours, ref = vectorised().item(), loop().item()
     _, stats = loss.compute(embeddings, logits, labels)
-    times = {"vectorised": [], "loop": []}
-    for _ in range(repeats):
-        times["vectorised"].append(timed(vectorised))
-        times["loop"].append(timed(loop))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = alternate({"vectorised": vectorised, "loop": loop}, repeats, warmup=False)  # both just ran once
     return {"case": "B=8, K=19, 128x256, D=256, S=100", "pairs": int(stats["pairs"]), "anchors": int(stats["anchors"]),
             "value_vectorised": ours, "value_loop": ref, "abs_diff": abs(ours - ref),
             "vectorised_s": med["vectorised"], "loop_s": med["loop"], "speedup": med["loop"] / med["vectorised"]}
@@ -122,14 +111,7 @@ def bench_training(repeats: int, size: int, num_classes: int = 19) -> dict:
             optimizer.step()
         return run
 
-    runs = {"baseline": step(baseline.train()), "pne": step(pne.train())}
-    for run in runs.values():
-        run()  # warm-up
-    times = {"baseline": [], "pne": []}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            times[name].append(timed(run))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = alternate({"baseline": step(baseline.train()), "pne": step(pne.train())}, repeats)
     return {"case": f"DeepLabV3-R18 (stride 8), batch 2, {size}x{size}, 19 classes", "baseline_s": med["baseline"],
             "pne_s": med["pne"], "ratio": med["pne"] / med["baseline"]}
 
@@ -140,11 +122,7 @@ def bench_inference(repeats: int, size: int, num_classes: int = 19) -> dict:
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         identical = torch.equal(baseline(images), pne(images))
-        times = {"baseline": [], "pne": []}
-        for _ in range(repeats):
-            times["baseline"].append(timed(lambda: baseline(images)))
-            times["pne"].append(timed(lambda: pne(images)))
-    med = {k: statistics.median(v) for k, v in times.items()}
+        med = alternate({"baseline": lambda: baseline(images), "pne": lambda: pne(images)}, repeats, warmup=False)
     return {"identical": identical, "baseline_s": med["baseline"], "pne_s": med["pne"],
             "ratio": med["pne"] / med["baseline"]}
 

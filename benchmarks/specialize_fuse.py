@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from timing import abab
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -79,24 +77,6 @@ def infer(model: Baseline, images: torch.Tensor) -> None:
         model(images)
 
 
-def timed(fn: Callable[[], None], device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def abab(first: Callable[[], None], second: Callable[[], None], repeats: int, device: str) -> tuple[float, float]:
-    """Median seconds of `first` and `second`, run alternately after one untimed warm-up each."""
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        times[0].append(timed(first, device))
-        times[1].append(timed(second, device))
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def blocky_labels(batch: int, size: int, classes: int, generator: torch.Generator) -> torch.Tensor:
