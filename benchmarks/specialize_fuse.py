@@ -9,6 +9,12 @@ per-cell Python loop and timed against it.
     python benchmarks/specialize_fuse.py --arch fpn --encoder resnet50 --decoder-channels 256 --size 256 \
         --semantic-channels 256 --classes 150 --repeats 5
 
+The paper's own comparison (Table 5: HRNet-W48 with its FCN head against HRNet-W48 + the pyramid heads): the
+Baseline is HRNetV2 + a 1x1 conv-BN-ReLU (720 channels) + classifier; SpecializeFuse reads the raw concatenation.
+
+    python benchmarks/specialize_fuse.py --arch hrnetv2 --encoder tu-hrnet_w48 --decoder-channels 720 \
+        --method-decoder-channels none --semantic-channels 512 --size 256 --classes 150 --repeats 5
+
 Prints a JSON object and a Markdown table. Targets (issue 5): training step <= 1.3x, inference <= 1.15x.
 """
 
@@ -77,6 +83,11 @@ def infer(model: Baseline, images: torch.Tensor) -> None:
         model(images)
 
 
+def decoder_channels_arg(value: str) -> int | str | None:
+    """`--method-decoder-channels`: an int, `none` (no 1x1 conv) or `same` (as `--decoder-channels`)."""
+    if value.lower() == "none":
+        return None
+    return "same" if value.lower() == "same" else int(value)
 
 
 def blocky_labels(batch: int, size: int, classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -94,6 +105,9 @@ def main() -> None:
     parser.add_argument("--arch", default="fpn")
     parser.add_argument("--encoder", default="resnet50")
     parser.add_argument("--decoder-channels", type=int, default=256)
+    parser.add_argument("--method-decoder-channels", type=decoder_channels_arg,
+                        default="same", help="SegModel decoder_channels of SpecializeFuse ('none': hrnetv2's raw "
+                        "concatenation, as the paper); default: --decoder-channels")
     parser.add_argument("--semantic-channels", type=int, default=256, help="D_s (512 in the paper)")
     parser.add_argument("--unity-channels", type=int, default=64, help="D_u")
     parser.add_argument("--context", default="coarse_to_fine")
@@ -108,14 +122,17 @@ def main() -> None:
     torch.manual_seed(0)
     device = args.device
 
-    def segmodel() -> SegModel:
-        torch.manual_seed(0)
-        return SegModel(args.arch, args.encoder, encoder_weights=None, decoder_channels=args.decoder_channels)
+    if args.method_decoder_channels == "same":
+        args.method_decoder_channels = args.decoder_channels
 
-    baseline = Baseline(segmodel=segmodel(), num_classes=args.classes).to(device)
+    def segmodel(decoder_channels: int | None) -> SegModel:
+        torch.manual_seed(0)
+        return SegModel(args.arch, args.encoder, encoder_weights=None, decoder_channels=decoder_channels)
+
+    baseline = Baseline(segmodel=segmodel(args.decoder_channels), num_classes=args.classes).to(device)
     method = SpecializeFuse(
-        segmodel=segmodel(), num_classes=args.classes, semantic_channels=args.semantic_channels,
-        unity_channels=args.unity_channels, context=args.context,
+        segmodel=segmodel(args.method_decoder_channels), num_classes=args.classes,
+        semantic_channels=args.semantic_channels, unity_channels=args.unity_channels, context=args.context,
     ).to(device)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size, generator=generator).to(device)

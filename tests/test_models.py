@@ -17,6 +17,7 @@ EXPECTED_STRIDE = {
     "fpn": 4,
     "upernet": 4,
     "segformer": 4,
+    "hrnetv2": 4,
     "identity": 32,
 }
 
@@ -98,6 +99,38 @@ def test_single_input_archs_at_stride4_on_concatenated_stages(arch: str, encoder
     out = model(torch.randn(2, 3, SIZE, SIZE))
     check_outputs(model, out)
     backprop_reaches_every_parameter(model, out)
+
+
+def test_hrnetv2_is_the_concatenation_of_the_resized_stages() -> None:
+    model = build("hrnetv2", "tu-hrnet_w18_small", decoder_channels=None).eval()
+    images = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = model(images)
+        stages = model.encoder(images)[2:]
+    size = stages[0].shape[-2:]
+    expected = torch.cat([stages[0]] + [torch.nn.functional.interpolate(s, size=size, mode="bilinear") for s in
+                                        stages[1:]], dim=1)
+    assert model.out_channels == 16 + 32 + 64 + 128
+    torch.testing.assert_close(out["decoder"], expected)
+
+
+def test_hrnetv2_stage_reductions_and_projection() -> None:
+    model = build("hrnetv2", stage_channels=[4, 8, 12, 16], decoder_channels=24)
+    assert [block[0].out_channels for block in model.decoder.reduce] == [4, 8, 12, 16]
+    assert model.decoder.project[0].in_channels == 40
+    out = model(torch.randn(2, 3, SIZE, SIZE))
+    check_outputs(model, out)
+    assert out["decoder"].shape[1] == 24
+    backprop_reaches_every_parameter(model, out)
+
+
+def test_hrnetv2_options_errors() -> None:
+    with pytest.raises(ValueError, match="one entry per stride 4-32 encoder stage"):
+        build("hrnetv2", stage_channels=[4, 8])
+    with pytest.raises(ValueError, match="stage_channels applies to arch 'hrnetv2' only"):
+        build("fpn", stage_channels=[4, 8, 12, 16])
+    with pytest.raises(ValueError, match="arch 'fpn' needs decoder_channels"):
+        build("fpn", decoder_channels=None)
 
 
 def test_hrnet_uses_hrnetv2_branches() -> None:

@@ -271,7 +271,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from segcentroids.nn import PyramidPool, SemanticPyramidHead, UnityHead  # noqa: E402
-from segcentroids.nn.pyramid_heads import ContextAggregation, StageConcat  # noqa: E402
+from segcentroids.nn.pyramid_heads import ContextAggregation  # noqa: E402
 
 
 def test_pyramid_pool_gives_110_tokens():
@@ -346,14 +346,6 @@ def test_semantic_head_rejects_bad_options():
         SemanticPyramidHead(8, 3, [2, 1], context="ocr")
     with pytest.raises(ValueError, match="anl_multi"):
         SemanticPyramidHead(8, 3, [2, 1], context="anl_multi", output="single")
-
-
-def test_stage_concat_channels():
-    stages = [torch.randn(1, c, 16 // 2**i, 16 // 2**i) for i, c in enumerate([48, 96, 192, 384])]
-    assert StageConcat([48, 96, 192, 384])(stages).shape == (1, 720, 16, 16)
-    reduced = StageConcat([64, 128, 256, 512], [48, 96, 192, 384])
-    assert reduced([torch.randn(1, c, 16 // 2**i, 16 // 2**i) for i, c in enumerate([64, 128, 256, 512])]).shape == (
-        1, 720, 16, 16)
 
 
 # --------------------------------------------------------------------------------------------------- method
@@ -485,7 +477,7 @@ def test_two_levels_4_and_32():
 
 
 @pytest.mark.parametrize("key,value", [("context", "ocr"), ("output", "multi"), ("relabel", "oracle"),
-                                       ("fusion", "mean"), ("feature_source", "neck"), ("tau", 1.5),
+                                       ("fusion", "mean"), ("tau", 1.5),
                                        ("train_tau", 0.0), ("strides", [32, 16, 8]), ("num_levels", 0)])
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ValueError, match=key):

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from segcentroids.callbacks.images import colorize, denormalize, palette_of
 from segcentroids.methods.base import Baseline
-from segcentroids.nn.pyramid_heads import CONTEXTS, OUTPUTS, SemanticPyramidHead, StageConcat, UnityHead
+from segcentroids.nn.pyramid_heads import CONTEXTS, OUTPUTS, SemanticPyramidHead, UnityHead
 from segcentroids.ops.pyramid import (
     RELABEL_POLICIES,
     fuse_level_map,
@@ -30,7 +30,6 @@ from segcentroids.ops.pyramid import (
 )
 
 FUSIONS = ("fuse", "finest")
-FEATURE_SOURCES = ("decoder", "encoder_concat")
 UNITY_EPS = 1e-6
 LOG_EPS = 1e-8
 
@@ -56,8 +55,6 @@ class SpecializeFuse(Baseline):
         tau: float = 0.9,
         train_tau: float | None = None,
         fusion: Literal["fuse", "finest"] = "fuse",
-        feature_source: Literal["decoder", "encoder_concat"] = "decoder",
-        concat_channels: list[int] | None = None,
         pool_sizes: tuple[int, ...] = (1, 3, 6, 8),
         level_analysis: bool = False,
         **kwargs,
@@ -75,11 +72,6 @@ class SpecializeFuse(Baseline):
             tau: unity threshold of the fusion (Eq. 2), 0.9.
             train_tau: threshold that calls a predicted cell unity in the `true_positive` relabelling (None = tau).
             fusion: Table 8: `fuse` (Eq. 2) or `finest` (the finest semantic level only, "aux. supervision").
-            feature_source: `decoder` (the SegModel decoder output) or `encoder_concat` (HRNetV2-style: the four
-                stride 4-32 encoder stages upsampled to stride 4 and concatenated; needs an undilated encoder,
-                e.g. arch `identity`).
-            concat_channels: per-stage channel reduction for `encoder_concat` (ResNet-101 light decoder:
-                [48, 96, 192, 384] -> D = 720); None keeps the stages' channels (HRNet-W48: D = 720).
             pool_sizes: PyramidPool grids (1, 3, 6, 8 -> 110 tokens).
             level_analysis: in `test`, report which level each pixel is taken from, the per-level mIoU (Table 9)
                 and log a level-assignment map beside the prediction.
@@ -90,7 +82,6 @@ class SpecializeFuse(Baseline):
         self.output = _choice("output", output, OUTPUTS)
         self.relabel = _choice("relabel", relabel, RELABEL_POLICIES)
         self.fusion = _choice("fusion", fusion, FUSIONS)
-        self.feature_source = _choice("feature_source", feature_source, FEATURE_SOURCES)
         for key, value in (("tau", tau), ("train_tau", train_tau)):
             if value is not None and not 0.0 < value <= 1.0:
                 raise ValueError(f"{key} must be in (0, 1], got {value}")
@@ -98,19 +89,7 @@ class SpecializeFuse(Baseline):
         self.train_tau = tau if train_tau is None else train_tau
         self.level_analysis = level_analysis
 
-        if self.feature_source == "encoder_concat":
-            if self.segmodel.output_stride != 32:
-                raise ValueError(
-                    f"feature_source='encoder_concat' takes the stride 4-32 encoder stages of an undilated encoder "
-                    f"(SegModel output_stride 32, e.g. arch 'identity'), got {self.segmodel.output_stride}"
-                )
-            self.stage_concat = StageConcat(self.segmodel.encoder_channels[-4:], concat_channels)
-            in_channels, finest_stride = self.stage_concat.out_channels, 4
-        else:
-            if concat_channels is not None:
-                raise ValueError("concat_channels only applies to feature_source='encoder_concat'")
-            self.stage_concat = None
-            in_channels, finest_stride = self.segmodel.out_channels, self.segmodel.output_stride
+        in_channels, finest_stride = self.segmodel.out_channels, self.segmodel.output_stride
         self.strides = self._check_strides(num_levels, strides, finest_stride)
         factors = [s // finest_stride for s in self.strides]
 
@@ -156,7 +135,7 @@ class SpecializeFuse(Baseline):
         """Backbone features, semantic logits per level and unity probabilities per level (coarsest first) of
         images whose size is a multiple of the coarsest stride."""
         features = self.segmodel(images)
-        x = features["decoder"] if self.stage_concat is None else self.stage_concat(features["encoder"][-4:])
+        x = features["decoder"]
         expected = (images.shape[-2] // self.strides[-1], images.shape[-1] // self.strides[-1])
         if tuple(x.shape[-2:]) != expected:
             raise ValueError(f"features {tuple(x.shape[-2:])} are not at stride {self.strides[-1]} of {expected}")

@@ -13,7 +13,7 @@ from .encoders import ViTEncoder, build_encoder
 DILATED_ARCHS = ("fcn", "pspnet", "deeplabv3", "ocr")
 """Decoders on the deepest stage of a dilated encoder (``output_stride`` 8, 16 or 32), or at ``output_stride`` 4 on the
 HRNetV2 representation of an undilated encoder (:class:`ResizeConcat`)."""
-PYRAMID_ARCHS = ("deeplabv3plus", "fpn", "upernet", "segformer")
+PYRAMID_ARCHS = ("deeplabv3plus", "fpn", "upernet", "segformer", "hrnetv2")
 """Decoders that fuse the encoder pyramid down to stride 4."""
 ARCHS = (*DILATED_ARCHS, *PYRAMID_ARCHS, "identity")
 DILATED_DEFAULT_STRIDE = 8
@@ -29,15 +29,19 @@ class SegModel(nn.Module):
     Args:
         arch: ``fcn``, ``pspnet``, ``deeplabv3``, ``ocr`` (deepest stage of a dilated encoder, default stride 8;
             at ``output_stride=4`` on the stride 4-32 stages resized to stride 4 and concatenated, as HRNetV2),
-            ``deeplabv3plus``, ``fpn``, ``upernet``, ``segformer`` (stride 4), or ``identity`` (no decoder: the
-            deepest encoder stage, e.g. a ViT for Segmenter; default stride = the encoder's own).
+            ``deeplabv3plus``, ``fpn``, ``upernet``, ``segformer``, ``hrnetv2`` (stride 4; ``hrnetv2`` is the
+            HRNetV2 concatenation of the stride 4-32 stages + one 1x1 conv, mmseg's ``fcn_hr``), or ``identity``
+            (no decoder: the deepest encoder stage, e.g. a ViT for Segmenter; default stride = the encoder's own).
         encoder_name: an smp encoder (``resnet50``, ``mit_b0``, ...) or ``tu-<timm model>`` (a plain ViT such as
             ``tu-vit_tiny_patch16_224`` is supported with ``identity`` and the dilated archs at its stride 16).
         encoder_weights: pretrained weights (``"imagenet"``; for ``tu-`` any value loads timm's default tag) or None.
         in_channels: input image channels.
-        decoder_channels: channels of ``out["decoder"]`` (ignored by ``identity``).
+        decoder_channels: channels of ``out["decoder"]`` (ignored by ``identity``); ``hrnetv2`` with None outputs the
+            concatenation itself (no 1x1 conv, D = the sum of the stage channels).
         output_stride: stride of ``out["decoder"]``; None picks the arch's default (8, 4, or the encoder's own).
         num_classes: number of OCR soft object regions (= the dataset's classes); required by ``ocr`` only.
+        stage_channels: ``hrnetv2`` only: reduce each stride 4-32 stage to these channels (1x1 conv-BN-ReLU) before
+            concatenating (Specialize and Fuse's light ResNet-101 decoder: ``[48, 96, 192, 384]``, D = 720).
         encoder_kwargs: extra ``timm.create_model`` arguments for ``tu-`` encoders (HRNet defaults to
             ``feature_location=""``, i.e. the HRNetV2 branches).
 
@@ -53,9 +57,10 @@ class SegModel(nn.Module):
         encoder_name: str = "resnet50",
         encoder_weights: str | None = "imagenet",
         in_channels: int = 3,
-        decoder_channels: int = 512,
+        decoder_channels: int | None = 512,
         output_stride: int | None = None,
         num_classes: int | None = None,
+        stage_channels: list[int] | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -94,7 +99,9 @@ class SegModel(nn.Module):
         self.output_stride: int = PYRAMID_STRIDE if uses_pyramid else self.encoder.output_stride
         # with the neck, the decoder reads its one input as both the "third" and the "deepest" stage (OCR uses both)
         decoder_channels_in = self.encoder_channels if self.neck is None else [self.neck.out_channels] * 2
-        self.decoder = build_decoder(arch, decoder_channels_in, decoder_channels, self.output_stride, num_classes)
+        self.decoder = build_decoder(
+            arch, decoder_channels_in, decoder_channels, self.output_stride, num_classes, stage_channels
+        )
         self.out_channels: int = self.decoder.out_channels
         self.size_divisor: int = self.encoder.output_stride
         self.arch = arch

@@ -43,11 +43,11 @@ class CrossAttention(nn.Module):
         """`queries [B, Cq, h, w]`, `keys [B, Ck, h', w']` -> `[B, out, h, w]`."""
         batch, _, height, width = queries.shape
         query = self.query(queries).flatten(2).transpose(1, 2)  # B, hw, T
-        key = self.key(keys).flatten(2)  # B, T, h'w'
+        key = self.key(keys).flatten(2).transpose(1, 2)  # B, h'w', T
         value = self.value(keys).flatten(2).transpose(1, 2)  # B, h'w', T
-        relation = torch.softmax(torch.bmm(query, key) * self.scale, dim=-1)  # P, Eq. 13
-        context = torch.bmm(relation, value).transpose(1, 2).reshape(batch, -1, height, width)
-        return self.out(context)  # g_o, Eq. 14
+        # P = softmax(q k^T * scale) (Eq. 13), then P v: fused, the hw x h'w' relation is never stored
+        context = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
+        return self.out(context.transpose(1, 2).reshape(batch, -1, height, width))  # g_o, Eq. 14
 
 
 class DatasetContextAggregation(nn.Module):

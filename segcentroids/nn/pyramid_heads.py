@@ -197,29 +197,3 @@ class SemanticPyramidHead(nn.Module):
         if self.output == "single":
             features = features[-1:]
         return [block(feature) for block, feature in zip(self.classify, features)]  # Eq. 7
-
-
-class StageConcat(nn.Module):
-    """HRNetV2-style feature (Sec. 5.1.2): encoder stages, each optionally reduced by Conv1x1-BN-ReLU, bilinearly
-    upsampled to the first (finest) stage and concatenated. HRNet-W48's four branches give D = 48+96+192+384 = 720;
-    a ResNet's stages reduced to (48, 96, 192, 384) give the paper's light ResNet-101 decoder with D = 720."""
-
-    def __init__(self, in_channels: list[int], reduced_channels: list[int] | None = None) -> None:
-        super().__init__()
-        if reduced_channels is not None and len(reduced_channels) != len(in_channels):
-            raise ValueError(
-                f"concat_channels needs one entry per stage ({len(in_channels)}), got {list(reduced_channels)}"
-            )
-        self.reduce = (
-            nn.ModuleList(_conv_bn_relu(c_in, c_out) for c_in, c_out in zip(in_channels, reduced_channels))
-            if reduced_channels is not None else None
-        )
-        self.out_channels = sum(reduced_channels if reduced_channels is not None else in_channels)
-
-    def forward(self, stages: list[Tensor]) -> Tensor:
-        if self.reduce is not None:
-            stages = [reduce(stage) for reduce, stage in zip(self.reduce, stages)]
-        size = stages[0].shape[-2:]
-        return torch.cat(
-            [stages[0]] + [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages[1:]], 1
-        )

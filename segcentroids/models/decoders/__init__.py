@@ -6,6 +6,7 @@ from .deeplabv3 import DeepLabV3Decoder
 from .deeplabv3plus import DeepLabV3PlusDecoder
 from .fcn import FCNConvs, FCNDecoder
 from .fpn import FPNDecoder
+from .hrnetv2 import HRNetV2Decoder
 from .identity import IdentityDecoder
 from .ocr import OCRDecoder
 from .pspnet import PSPNetDecoder
@@ -19,6 +20,7 @@ __all__ = [
     "FCNConvs",
     "FCNDecoder",
     "FPNDecoder",
+    "HRNetV2Decoder",
     "IdentityDecoder",
     "OCRDecoder",
     "PSPNetDecoder",
@@ -30,10 +32,22 @@ __all__ = [
 
 
 def build_decoder(
-    arch: str, encoder_channels: list[int], decoder_channels: int, encoder_stride: int, num_classes: int | None
+    arch: str,
+    encoder_channels: list[int],
+    decoder_channels: int | None,
+    encoder_stride: int,
+    num_classes: int | None,
+    stage_channels: list[int] | None = None,
 ) -> nn.Module:
     """Build the decoder of ``arch`` for an encoder with ``encoder_channels`` whose deepest stage is at
-    ``encoder_stride``; ``num_classes`` is the number of soft object regions of ``ocr`` (unused otherwise)."""
+    ``encoder_stride``; ``num_classes`` is the number of soft object regions of ``ocr`` (unused otherwise);
+    ``stage_channels`` are ``hrnetv2``'s per-stage reductions; only ``hrnetv2`` takes ``decoder_channels=None``."""
+    if arch == "hrnetv2":
+        return HRNetV2Decoder(encoder_channels, decoder_channels, stage_channels)
+    if stage_channels is not None:
+        raise ValueError(f"stage_channels applies to arch 'hrnetv2' only, got it with arch {arch!r}")
+    if arch != "identity" and (not decoder_channels or decoder_channels < 1):
+        raise ValueError(f"arch {arch!r} needs decoder_channels >= 1, got {decoder_channels}")
     if arch == "fcn":
         return FCNDecoder(encoder_channels, decoder_channels)
     if arch == "pspnet":
