@@ -39,7 +39,7 @@ METHODS: dict[str, tuple[type[Baseline], dict]] = {
     "MCIBI": (MCIBI, {"memory_channels": 128, "transform_channels": 64}),
     "SpecializeFuse": (SpecializeFuse, {"unity_channels": 32, "semantic_channels": 128}),
     "PNE": (PNE, {}),
-    "MLSeg": (MLSeg, {"kappa": 4}),
+    "MLSeg": (MLSeg, {"kappa": 6, "classifier": "linear", "rank_temperature": "per_rank"}),
     "MVSC": (MVSC, {}),
 }
 
