@@ -29,9 +29,8 @@ from types import SimpleNamespace
 
 import torch
 from timing import abab, synchronize
-from torch.utils.flop_counter import FlopCounterMode
 
-from segcentroids.callbacks.run_recorder import inference_cost
+from segcentroids.callbacks.run_recorder import flop_counter, inference_cost
 from segcentroids.methods import MCIBI, MVSC, PNE, Baseline, MLSeg, SpecializeFuse
 from segcentroids.models import SegModel
 
@@ -158,7 +157,7 @@ def peak_memory_mib(fn: Callable[[], None], device: str) -> float | None:
 def train_gflops(model: Baseline, batch: dict) -> float:
     """FLOPs of one training forward + backward, per image."""
     model.train()
-    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+    with torch.random.fork_rng(devices=[]), flop_counter() as counter:
         model.training_step(batch, 0)["loss"].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 1e9 / batch["image"].shape[0]

@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from timing import alternate
-from torch.utils.flop_counter import FlopCounterMode
 
+from segcentroids.callbacks.run_recorder import flop_counter
 from segcentroids.methods import MCIBI, Baseline
 from segcentroids.models import SegModel
 from segcentroids.nn.memory import WEIGHT_EPS, FeatureMemory
@@ -104,7 +104,7 @@ def bench_memory(repeats: int, num_classes: int, channels: int, feature_size: in
 
 
 def count_flops(model: torch.nn.Module, images: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         model(images)
     return counter.get_total_flops()
 

@@ -18,9 +18,8 @@ from collections.abc import Callable
 
 import torch
 from timing import abab
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
+from segcentroids.callbacks.run_recorder import flop_counter
 from segcentroids.methods import Baseline, MLSeg, Segmenter
 from segcentroids.models import SegModel
 from segcentroids.ops import labels_to_ranks, select_top_labels
@@ -33,7 +32,7 @@ def count_params(model: torch.nn.Module) -> int:
 def inference_flops(model: Baseline, images: torch.Tensor) -> int:
     """FLOPs of one eval forward (attention on the math kernel so its matmuls are counted)."""
     model.eval().requires_grad_(False)  # no-grad views of parameters trip FlopCounterMode's module tracker
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         model(images)
     model.requires_grad_(True)
     return counter.get_total_flops()

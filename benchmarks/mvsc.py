@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 from timing import abab
-from torch.utils.flop_counter import FlopCounterMode
 
+from segcentroids.callbacks.run_recorder import flop_counter
 from segcentroids.methods import MVSC, Baseline
 from segcentroids.models import SegModel
 from segcentroids.ops.grouping import grouped_class_means, random_class_groups
@@ -38,7 +38,7 @@ def inference_params(model: Baseline, images: torch.Tensor) -> int:
 
 def inference_flops(model: Baseline, images: torch.Tensor) -> int:
     model.eval().requires_grad_(False)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         model(images)
     model.requires_grad_(True)
     return counter.get_total_flops()

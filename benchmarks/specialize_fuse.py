@@ -25,9 +25,8 @@ import json
 
 import torch
 from timing import abab
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
+from segcentroids.callbacks.run_recorder import flop_counter
 from segcentroids.methods import Baseline, SpecializeFuse
 from segcentroids.models import SegModel
 from segcentroids.ops import pyramid_targets
@@ -64,7 +63,7 @@ def count_params(model: torch.nn.Module) -> int:
 
 def inference_flops(model: Baseline, images: torch.Tensor) -> int:
     model.eval().requires_grad_(False)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         model(images)
     model.requires_grad_(True)
     return counter.get_total_flops()

@@ -102,6 +102,24 @@ def test_inference_cost_counts_flops_and_only_the_parameters_inference_uses() ->
     assert module.training and module.conv.weight.grad is None
 
 
+def test_inference_cost_counts_fused_attention() -> None:
+    """torch's FlopCounterMode alone counts the fused CPU attention kernels as 0 FLOPs."""
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = (self.scale * x).flatten(2).transpose(1, 2)  # [1, N, d]
+            return torch.nn.functional.scaled_dot_product_attention(tokens, tokens, tokens)
+
+    n, d = 64, 16
+    cost = inference_cost(Attention(), torch.randn(1, d, 8, 8))
+    # q k^T and P v: two [N, d] x [d, N]-sized matmuls, one multiply-add (2 FLOPs) each
+    assert cost["gflops"] == pytest.approx(2 * 2 * n * n * d / 1e9)
+
+
 # --------------------------------------------------------------------------------------------------- format
 def test_slugs_are_folder_names() -> None:
     assert slugify("+ MT + LS") == "mt-ls" and slugify("tau=0.1") == "tau-0.1" and slugify("w/o L_v") == "w-o-l-v"

@@ -12,15 +12,26 @@ Written on rank 0 under `<log_dir>/metrics/` (the run folder when the default Te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+
+@contextlib.contextmanager
+def flop_counter() -> Iterator[FlopCounterMode]:
+    """`FlopCounterMode` with `F.scaled_dot_product_attention` on its math path: torch's counter has no formula for
+    the fused CPU attention kernels and counts them as 0 FLOPs."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        yield counter
 
 
 def inference_cost(module: torch.nn.Module, images: Tensor) -> dict[str, float]:
@@ -34,8 +45,7 @@ def inference_cost(module: torch.nn.Module, images: Tensor) -> dict[str, float]:
     params = [p for p in module.parameters() if p.requires_grad]
     try:
         with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
-            counter = FlopCounterMode(display=False)
-            with counter:
+            with flop_counter() as counter:
                 out = module(images)
             # torch.autograd.grad leaves .grad (and DDP's gradient hooks) untouched
             grads = torch.autograd.grad(out.float().sum(), params, allow_unused=True)
