@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from timing import alternate
 
-from segcentroids.callbacks.run_recorder import flop_counter
+from segcentroids.callbacks.run_recorder import inference_cost
 from segcentroids.methods import MCIBI, Baseline
 from segcentroids.models import SegModel
 from segcentroids.nn.memory import WEIGHT_EPS, FeatureMemory
@@ -103,12 +103,6 @@ def bench_memory(repeats: int, num_classes: int, channels: int, feature_size: in
     return rows
 
 
-def count_flops(model: torch.nn.Module, images: torch.Tensor) -> int:
-    with torch.no_grad(), flop_counter() as counter:
-        model(images)
-    return counter.get_total_flops()
-
-
 def bench_cost(arch: str, encoder: str, repeats: int, size: int, batch: int, num_classes: int) -> dict:
     def build(method: type[Baseline]) -> Baseline:
         torch.manual_seed(0)
@@ -148,12 +142,9 @@ def bench_cost(arch: str, encoder: str, repeats: int, size: int, batch: int, num
 
     train = alternate({name: train_step(name) for name in models}, repeats)
     inference = alternate({name: infer(name) for name in models}, repeats)
-    for model in models.values():
-        model.eval()
-    flops = {name: count_flops(model, images[:1]) for name, model in models.items()}
-    params = {name: sum(p.numel() for p in model.parameters() if p.requires_grad)
-              - (sum(p.numel() for p in model.aux_head.parameters()) if model.aux_head is not None else 0)
-              for name, model in models.items()}
+    costs = {name: inference_cost(model, images[:1]) for name, model in models.items()}
+    flops = {name: cost["gflops"] for name, cost in costs.items()}
+    params = {name: cost["params_inference"] for name, cost in costs.items()}  # the aux head is training-only
     return {
         "benchmark": f"{arch} {encoder.replace('resnet', 'r')}-d8 vs Baseline",
         "shape": f"B={batch} {size}x{size} K={num_classes} C=512",
@@ -161,7 +152,7 @@ def bench_cost(arch: str, encoder: str, repeats: int, size: int, batch: int, num
         "infer_ms": {k: 1e3 * v for k, v in inference.items()},
         "infer_ratio": inference["mcibi"] / inference["baseline"],
         "params_M": {k: v / 1e6 for k, v in params.items()}, "params_ratio": params["mcibi"] / params["baseline"],
-        "gflops": {k: v / 1e9 for k, v in flops.items()}, "flops_ratio": flops["mcibi"] / flops["baseline"],
+        "gflops": flops, "flops_ratio": flops["mcibi"] / flops["baseline"],
     }
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from timing import abab
 
-from segcentroids.callbacks.run_recorder import flop_counter
+from segcentroids.callbacks.run_recorder import inference_cost
 from segcentroids.methods import Baseline, MLSeg, Segmenter
 from segcentroids.models import SegModel
 from segcentroids.ops import labels_to_ranks, select_top_labels
@@ -27,15 +27,6 @@ from segcentroids.ops import labels_to_ranks, select_top_labels
 
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def inference_flops(model: Baseline, images: torch.Tensor) -> int:
-    """FLOPs of one eval forward (attention on the math kernel so its matmuls are counted)."""
-    model.eval().requires_grad_(False)  # no-grad views of parameters trip FlopCounterMode's module tracker
-    with torch.no_grad(), flop_counter() as counter:
-        model(images)
-    model.requires_grad_(True)
-    return counter.get_total_flops()
 
 
 def train_step(model: Baseline, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -62,13 +53,13 @@ def compare(name: str, make_baseline: Callable[[], Baseline], make_mlseg: Callab
     labels = torch.randint(0, classes, (batch, size, size))
     one = images[:1]
     params = (count_params(baseline), count_params(mlseg))
-    flops = (inference_flops(baseline, one), inference_flops(mlseg, one))
+    flops = (inference_cost(baseline, one)["gflops"], inference_cost(mlseg, one)["gflops"])
     train = abab(lambda: train_step(baseline, images, labels), lambda: train_step(mlseg, images, labels), repeats)
     test = abab(lambda: infer(baseline, one), lambda: infer(mlseg, one), repeats)
     return {
         "pair": name, "size": size, "classes": classes, "kappa": mlseg.kappa, "train_batch": batch,
         "params_M": [round(p / 1e6, 3) for p in params], "params_ratio": round(params[1] / params[0], 4),
-        "gflops": [round(f / 1e9, 3) for f in flops], "flops_ratio": round(flops[1] / flops[0], 4),
+        "gflops": [round(f, 3) for f in flops], "flops_ratio": round(flops[1] / flops[0], 4),
         "train_step_ms": [round(t * 1e3, 1) for t in train], "train_step_ratio": round(train[1] / train[0], 3),
         "inference_ms": [round(t * 1e3, 1) for t in test], "inference_ratio": round(test[1] / test[0], 3),
     }

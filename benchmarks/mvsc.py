@@ -20,28 +20,11 @@ from collections.abc import Callable
 import torch
 from timing import abab
 
-from segcentroids.callbacks.run_recorder import flop_counter
+from segcentroids.callbacks.run_recorder import inference_cost
 from segcentroids.methods import MVSC, Baseline
 from segcentroids.models import SegModel
 from segcentroids.ops.grouping import grouped_class_means, random_class_groups
 from segcentroids.ops.resample import nearest_labels
-
-
-def inference_params(model: Baseline, images: torch.Tensor) -> int:
-    """Parameters the eval forward uses (those that receive a gradient from its output)."""
-    model.eval().zero_grad(set_to_none=True)
-    model(images).sum().backward()
-    used = sum(p.numel() for p in model.parameters() if p.grad is not None)
-    model.zero_grad(set_to_none=True)
-    return used
-
-
-def inference_flops(model: Baseline, images: torch.Tensor) -> int:
-    model.eval().requires_grad_(False)
-    with torch.no_grad(), flop_counter() as counter:
-        model(images)
-    model.requires_grad_(True)
-    return counter.get_total_flops()
 
 
 def train_step(model: Baseline, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -73,8 +56,9 @@ def compare(name: str, make_segmodel: Callable[[], SegModel], size: int, classes
     labels = blob_labels(batch, size, classes)
     one = images[:1]
     params = (sum(p.numel() for p in baseline.parameters()), sum(p.numel() for p in mvsc.parameters()))
-    used = (inference_params(baseline, one), inference_params(mvsc, one))
-    flops = (inference_flops(baseline, one), inference_flops(mvsc, one))
+    costs = (inference_cost(baseline, one), inference_cost(mvsc, one))
+    used = tuple(c["params_inference"] for c in costs)
+    flops = tuple(c["gflops"] for c in costs)
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-5) for m in (baseline, mvsc)]
     train = abab(lambda: train_step(baseline, optimizers[0], images, labels),
                  lambda: train_step(mvsc, optimizers[1], images, labels), repeats, clock=time.process_time)
@@ -83,7 +67,7 @@ def compare(name: str, make_segmodel: Callable[[], SegModel], size: int, classes
         "train_batch": batch,
         "inference_params_M": [round(p / 1e6, 4) for p in used], "inference_params_ratio": round(used[1] / used[0], 4),
         "train_params_M": [round(p / 1e6, 4) for p in params], "train_params_ratio": round(params[1] / params[0], 4),
-        "gflops": [round(f / 1e9, 3) for f in flops], "flops_ratio": round(flops[1] / flops[0], 4),
+        "gflops": [round(f, 3) for f in flops], "flops_ratio": round(flops[1] / flops[0], 4),
         "train_step_ms": [round(t * 1e3, 1) for t in train], "train_step_ratio": round(train[1] / train[0], 3),
     }
 

@@ -26,7 +26,7 @@ import json
 import torch
 from timing import abab
 
-from segcentroids.callbacks.run_recorder import flop_counter
+from segcentroids.callbacks.run_recorder import inference_cost
 from segcentroids.methods import Baseline, SpecializeFuse
 from segcentroids.models import SegModel
 from segcentroids.ops import pyramid_targets
@@ -54,19 +54,6 @@ def loop_pyramid_targets(labels: torch.Tensor, strides: list[int], ignore: int =
         semantic.append(sem)
         unity.append(uni)
     return semantic, unity
-
-
-def count_params(model: torch.nn.Module) -> int:
-    """Parameters of the inference graph (the auxiliary head is training-only)."""
-    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("aux_head"))
-
-
-def inference_flops(model: Baseline, images: torch.Tensor) -> int:
-    model.eval().requires_grad_(False)
-    with torch.no_grad(), flop_counter() as counter:
-        model(images)
-    model.requires_grad_(True)
-    return counter.get_total_flops()
 
 
 def train_step(model: Baseline, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -137,8 +124,9 @@ def main() -> None:
     images = torch.randn(args.batch, 3, args.size, args.size, generator=generator).to(device)
     labels = blocky_labels(args.batch, args.size, args.classes, generator).to(device)
 
-    params = (count_params(baseline), count_params(method))
-    flops = (inference_flops(baseline, images[:1]), inference_flops(method, images[:1]))
+    costs = (inference_cost(baseline, images[:1]), inference_cost(method, images[:1]))
+    params = tuple(c["params_inference"] for c in costs)  # the graph inference runs (no aux head)
+    flops = tuple(c["gflops"] for c in costs)
     train = abab(lambda: train_step(baseline, images, labels), lambda: train_step(method, images, labels),
                  args.repeats, device)
     inference = abab(lambda: infer(baseline, images), lambda: infer(method, images), args.repeats, device)
@@ -154,7 +142,7 @@ def main() -> None:
     record = {
         "setting": {k: v for k, v in vars(args).items()},
         "params": {"baseline": params[0], "specialize_fuse": params[1], "ratio": round(params[1] / params[0], 3)},
-        "inference_gflops": {"baseline": round(flops[0] / 1e9, 2), "specialize_fuse": round(flops[1] / 1e9, 2),
+        "inference_gflops": {"baseline": round(flops[0], 2), "specialize_fuse": round(flops[1], 2),
                              "ratio": round(flops[1] / flops[0], 3)},
         "train_step_s": {"baseline": round(train[0], 4), "specialize_fuse": round(train[1], 4),
                          "ratio": round(train[1] / train[0], 3)},
