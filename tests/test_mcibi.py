@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -17,6 +19,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from segcentroids.callbacks.memory import (
+    MemoryInitialization,
     MemorySimilarityLogger,
     MemoryUpdate,
     cosine_similarity_matrix,
@@ -193,8 +196,26 @@ def _ddp_worker(rank: int, folder: str) -> None:
                 memory.update(features[rank * 2:(rank + 1) * 2], labels[rank * 2:(rank + 1) * 2], momentum=0.4)
             torch.save({"memory": memory.memory, "initialized": memory.initialized},
                        f"{folder}/{resolution}{rank}.pt")
+        holder = _FeatureHolder()
+        shards = [{"image": f[rank * 2:(rank + 1) * 2], "mask": y[rank * 2:(rank + 1) * 2]} for f, y in _ddp_batches()]
+        MemoryInitialization().on_train_start(_fake_trainer(shards), holder)
+        state = {"memory": holder.memory.memory, "initialized": holder.memory.initialized}
+        torch.save(state, f"{folder}/init{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+class _FeatureHolder(torch.nn.Module):
+    """A module whose memory features are its input (for the initialisation pass)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        super().__init__()
+        self.memory = FeatureMemory(4, 5)
+
+    def memory_features(self, images: torch.Tensor) -> torch.Tensor:
+        return images
 
 
 def _ddp_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -225,6 +246,13 @@ def test_ddp_memories_identical_and_equal_to_single_process(tmp_path: Path):
             single.update(features, labels, momentum=0.4)
         torch.testing.assert_close(ranks[0]["memory"], single.memory, rtol=1e-5, atol=1e-6)
         assert ranks[0]["initialized"].tolist() == [1.0, 1.0, 1.0, 1.0]
+    # the clustering initialisation: same rows on both ranks, equal to one process reading the global batches
+    ranks = [torch.load(tmp_path / f"init{r}.pt") for r in range(2)]
+    assert torch.equal(ranks[0]["memory"], ranks[1]["memory"])
+    single = _FeatureHolder()
+    MemoryInitialization().on_train_start(_fake_trainer([{"image": f, "mask": y} for f, y in _ddp_batches()]), single)
+    torch.testing.assert_close(ranks[0]["memory"], single.memory.memory, rtol=1e-5, atol=1e-6)
+    assert ranks[0]["initialized"].tolist() == [1.0, 1.0, 1.0, 1.0]
 
 
 # ---------------------------------------------------------------------------------------------- momentum, Eq. 7
@@ -266,6 +294,90 @@ def test_memory_update_callback_feeds_outputs():
     torch.testing.assert_close(holder.memory.memory[1], features[0, :, 1, 0])
     with pytest.raises(KeyError, match="memory_features"):
         MemoryUpdate().on_train_batch_end(None, holder, {"loss": 0, "outputs": {}}, batch, 0)
+
+
+def _per_image_class_means_loop(features, labels, num_classes, resolution):
+    """Oracle: per image and class, the mean of the (upsampled) features over the class's pixels, one at a time."""
+    if resolution == "label":
+        grid = F.interpolate(features.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    else:
+        grid = features.float()
+        labels = F.interpolate(labels[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
+    means = torch.zeros(features.shape[0], num_classes, features.shape[1])
+    present = torch.zeros(features.shape[0], num_classes, dtype=torch.bool)
+    for b in range(features.shape[0]):
+        for k in range(num_classes):
+            mask = labels[b] == k
+            if mask.any():
+                means[b, k] = grid[b][:, mask].mean(1)
+                present[b, k] = True
+    return means, present
+
+
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+def test_image_class_means_match_per_image_loop(resolution: str):
+    torch.manual_seed(0)
+    features = torch.randn(3, 5, 4, 4)
+    labels = torch.randint(0, 3, (3, 16, 16))
+    labels[0, :6] = 255
+    labels[2] = torch.where(labels[2] == 1, 255, labels[2])  # class 1 absent from image 2
+    memory = FeatureMemory(4, 5, update_resolution=resolution)  # class 3 in no image
+    means, present = memory.image_class_means(features, labels)
+    expected_means, expected_present = _per_image_class_means_loop(features, labels, 4, resolution)
+    assert torch.equal(present, expected_present) and not present[:, 3].any() and not present[2, 1]
+    torch.testing.assert_close(means, expected_means, atol=1e-5, rtol=1e-5)
+    assert memory.initialized.sum() == 0  # a read-only pass
+
+
+def _batches(count: int, num_classes: int = 4) -> list[dict]:
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(count):
+        labels = torch.randint(0, num_classes - 1, (2, 32, 32), generator=generator)  # the last class never appears
+        labels[:, :4] = 255
+        batches.append({"image": torch.randn(2, 3, 32, 32, generator=generator), "mask": labels})
+    return batches
+
+
+def _fake_trainer(batches: list[dict], ckpt_path: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(ckpt_path=ckpt_path, train_dataloader=batches,
+                           precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext))
+
+
+def test_clustering_initialization_is_the_mean_of_per_image_class_means():
+    """Table 2 "Clustering": one cosine k-means cluster per class over the per-image class means = their mean."""
+    model = _model("fcn", memory_init="clustering", memory_init_batches=2)
+    assert isinstance(model.configure_callbacks()[0], MemoryInitialization)
+    assert model.memory.init == "first_batch_mean"  # classes not seen before training: set at first sight
+    batches = _batches(3)
+    batches[2]["mask"][:] = 3  # only the (unread) third batch shows class 3
+    model.train()
+    model.memory_initialization.on_train_start(_fake_trainer(batches), model)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        per_image = [_per_image_class_means_loop(model.memory_features(b["image"]), b["mask"], 4, "label")
+                     for b in batches[:2]]
+    means = torch.cat([m for m, _ in per_image])
+    present = torch.cat([p for _, p in per_image]).float()
+    expected = (means * present[..., None]).sum(0) / present.sum(0).clamp_min(1)[:, None]
+    torch.testing.assert_close(model.memory.memory[:3], expected[:3], atol=1e-5, rtol=1e-5)
+    assert model.memory.initialized.tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert torch.equal(model.memory.memory[3], torch.zeros(16))
+
+
+def test_clustering_initialization_skips_resumed_or_filled_memories():
+    model = _model("fcn", memory_init="clustering")
+    callback = model.memory_initialization
+    callback.on_train_start(_fake_trainer(_batches(1), ckpt_path="last.ckpt"), model)
+    assert model.memory.initialized.sum() == 0
+    model.memory.initialize_rows(torch.ones(4, 16), torch.tensor([False, True, False, False]))
+    callback.on_train_start(_fake_trainer(_batches(1)), model)
+    assert model.memory.initialized.tolist() == [0.0, 1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="memory_init"):
+        _model(memory_init="kmeans")
+    with pytest.raises(ValueError, match="num_batches"):
+        MemoryInitialization(num_batches=0)
 
 
 def test_similarity_matrix_and_image():
@@ -417,12 +529,12 @@ class UnshuffledData(SyntheticDataModule):
         return self._loader("train", self.batch_size, training=False)
 
 
-def _tiny_fit(root: Path, callbacks: list | None = None, ckpt_path: str | None = None) -> MCIBI:
+def _tiny_fit(root: Path, callbacks: list | None = None, ckpt_path: str | None = None, **model_kwargs) -> MCIBI:
     L.seed_everything(0)
     data = UnshuffledData(num_classes=4, image_size=(32, 32), train_size=4, val_size=2, test_size=2,
                                batch_size=2, val_batch_size=2, num_workers=0, ratio_range=(1.0, 1.0), flip_prob=0.0,
                                photometric=False)
-    model = _model(dropout=0.0, similarity_log_every_n_steps=1)
+    model = _model(dropout=0.0, similarity_log_every_n_steps=1, **model_kwargs)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=bool(callbacks),
                         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, default_root_dir=root)
@@ -445,6 +557,27 @@ def test_schedule_memory_update_and_resume_exactness(tmp_path: Path):
     resumed = _tiny_fit(tmp_path / "b", ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt"))
     expected, got = full.state_dict(), resumed.state_dict()
     assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+class FirstStepMemory(L.Callback):
+    """Records the memory as the first training batch starts."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 0:
+            self.initialized = pl_module.memory.initialized.clone()
+            self.memory = pl_module.memory.memory.clone()
+
+
+def test_clustering_initialization_before_the_first_step_and_skipped_on_resume(tmp_path: Path):
+    probe = FirstStepMemory()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    full = _tiny_fit(tmp_path / "a", [checkpoints, probe], memory_init="clustering", memory_init_batches=1)
+    assert probe.initialized.sum() > 0 and probe.memory.abs().sum() > 0  # set by the data pass before step 0
+    resumed = _tiny_fit(tmp_path / "b", ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt"), memory_init="clustering",
+                        memory_init_batches=1)
+    expected, got = full.state_dict(), resumed.state_dict()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
 

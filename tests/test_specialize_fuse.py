@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -271,7 +272,27 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from segcentroids.nn import PyramidPool, SemanticPyramidHead, UnityHead  # noqa: E402
-from segcentroids.nn.pyramid_heads import ContextAggregation  # noqa: E402
+from segcentroids.nn.pyramid_heads import ContextAggregation, average_pool, average_pyramid  # noqa: E402
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 7, 6), (1, 1, 6, 5)])
+@pytest.mark.parametrize("factor", [2, 3])
+def test_average_pool_equals_avg_pool2d(shape, factor):
+    x = torch.randn(shape, requires_grad=True)
+    expected = F.avg_pool2d(x, factor)
+    out = average_pool(x, factor)
+    assert out.shape == expected.shape and torch.allclose(out, expected, atol=1e-6)
+    weights = torch.randn(expected.shape)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+    assert torch.allclose(grad, expected_grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("factors", [[8, 4, 2, 1], [8, 2, 1], [12, 8, 4, 1], [6, 3]])
+def test_average_pyramid_equals_pooling_the_finest_map(factors):
+    x = torch.randn(2, 3, 48, 48)
+    for factor, level in zip(factors, average_pyramid(x, factors), strict=True):
+        assert torch.allclose(level, F.avg_pool2d(x, factor) if factor > 1 else x, atol=1e-6)
 
 
 def test_pyramid_pool_gives_110_tokens():
@@ -312,6 +333,26 @@ def test_context_aggregation_is_attention_then_concat_conv():
     attended = (weights / weights.sum(1, keepdim=True)) @ v  # [9, 4]
     expected = block.aggregate(torch.cat([attended.T.reshape(1, 4, 3, 3), x], 1))
     assert torch.allclose(block(x, context), expected, atol=1e-5)
+
+
+def test_context_aggregation_training_graph_matches_concat_then_conv():
+    """W_att applied to the value tokens (Eq. 9 folded into Eq. 8) gives the outputs and gradients of attention then
+    concat then conv, in training mode (batch statistics)."""
+    torch.manual_seed(0)
+    block = ContextAggregation(6, key_channels=3).train()
+    reference = copy.deepcopy(block)
+    x, context = torch.randn(2, 6, 4, 5, requires_grad=True), torch.randn(2, 6, 7)
+    q = reference.query(x).flatten(2).transpose(1, 2)
+    k = reference.key(context).transpose(1, 2)
+    v = reference.value(context).transpose(1, 2)
+    attended = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(3), dim=-1) @ v  # [2, 20, 6]
+    expected = reference.aggregate(torch.cat([attended.transpose(1, 2).reshape(2, 6, 4, 5), x], 1))
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, *reference.parameters()])
+    out = block(x, context)
+    grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
+    assert torch.allclose(out, expected, atol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(grad, expected_grad, atol=1e-4)
 
 
 HEAD_OPTIONS = [(c, o) for c in ("none", "anl", "anl_multi", "coarse_to_fine") for o in ("single", "pyramid")

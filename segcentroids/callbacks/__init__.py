@@ -2,6 +2,7 @@
 
 from .centroid_heatmaps import CentroidHeatmapLogger as CentroidHeatmapLogger
 from .images import ValidationImageLogger as ValidationImageLogger
+from .memory import MemoryInitialization as MemoryInitialization
 from .memory import MemorySimilarityLogger as MemorySimilarityLogger
 from .memory import MemoryUpdate as MemoryUpdate
 from .momentum import MomentumSchedule as MomentumSchedule

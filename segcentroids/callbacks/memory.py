@@ -1,5 +1,5 @@
-"""Callbacks around a class memory: feed it each training step (`MemoryUpdate`) and picture it
-(`MemorySimilarityLogger`)."""
+"""Callbacks around a class memory: initialise it from the training data (`MemoryInitialization`), feed it each
+training step (`MemoryUpdate`) and picture it (`MemorySimilarityLogger`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -48,6 +49,61 @@ class MemoryUpdate(L.Callback):
         memory = resolve_attribute(pl_module, self.memory)
         momentum = resolve_attribute(pl_module, self.momentum)
         memory.update(step_outputs[self.features_key], batch[self.labels_key], momentum)
+
+
+class MemoryInitialization(L.Callback):
+    """MCIBI's "clustering" initialisation (Table 2): before the first training step, the row of every class seen is
+    set to the centre of a one-cluster cosine k-means over that class's per-image mean features, taken by
+    `module.<features>(images)` (eval mode, no grad) on `num_batches` training batches (None: an epoch, as limited by
+    `limit_train_batches`).
+
+    With one cluster per class (one memory row), k-means assigns every point to it whatever the similarity and its
+    centre is the mean of the points: the mean over images of the class's per-image mean feature. Under
+    `torch.distributed` the sums and counts are all-reduced, so every rank sets the same rows. Skipped when training
+    resumes from a checkpoint or the memory already holds a row. Classes not seen stay uninitialised (set at first
+    sight during training).
+    """
+
+    def __init__(self, memory: str = "memory", features: str = "memory_features", num_batches: int | None = None,
+                 images_key: str = "image", labels_key: str = "mask") -> None:
+        if num_batches is not None and num_batches < 1:
+            raise ValueError(f"MemoryInitialization: num_batches must be >= 1 or None, got {num_batches}")
+        self.memory = memory
+        self.features = features
+        self.num_batches = num_batches
+        self.images_key = images_key
+        self.labels_key = labels_key
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        memory = resolve_attribute(pl_module, self.memory)
+        if trainer.ckpt_path is not None or bool(memory.initialized.any()):
+            return
+        extract = resolve_attribute(pl_module, self.features)
+        sums = memory.memory.new_zeros(memory.memory.shape)
+        counts = memory.initialized.new_zeros(memory.initialized.shape)
+        limit = self.num_batches
+        if limit is None:  # one epoch as the trainer counts it (limit_train_batches, fast_dev_run)
+            epoch = getattr(trainer, "num_training_batches", None)
+            limit = epoch if isinstance(epoch, int) else None
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                for index, batch in enumerate(trainer.train_dataloader):
+                    if limit is not None and index >= limit:
+                        break
+                    images = batch[self.images_key].to(pl_module.device)
+                    labels = batch[self.labels_key].to(pl_module.device)
+                    means, present = memory.image_class_means(extract(images), labels)
+                    sums += means.sum(0)
+                    counts += present.sum(0)
+        finally:
+            pl_module.train(was_training)
+        if dist.is_available() and dist.is_initialized():
+            packed = torch.cat([sums, counts[:, None]], dim=1)
+            dist.all_reduce(packed)
+            sums, counts = packed[:, :-1], packed[:, -1]
+        memory.initialize_rows(sums / counts.clamp_min(1.0)[:, None], counts > 0)
 
 
 def cosine_similarity_matrix(memory: Tensor) -> Tensor:

@@ -15,13 +15,14 @@ import torch
 from segmentation_models_pytorch.base.modules import Conv2dReLU
 from torch import Tensor
 
-from segcentroids.callbacks.memory import MemorySimilarityLogger, MemoryUpdate
+from segcentroids.callbacks.memory import MemoryInitialization, MemorySimilarityLogger, MemoryUpdate
 from segcentroids.callbacks.momentum import MomentumSchedule
 from segcentroids.losses.memory_consistency import representation_consistency_loss
 from segcentroids.methods.base import Baseline
 from segcentroids.nn.dataset_context import ClassHead, ContextFusion, DatasetContextAggregation
 from segcentroids.nn.memory import FeatureMemory
 
+MEMORY_INITS = ("first_batch_mean", "random_pixel", "clustering")
 NO_CONTEXT_ARCHS = ("fcn", "identity")
 """SegModel archs without a within-image context module: MCIBI uses their encoder only (paper: FCN)."""
 
@@ -40,7 +41,10 @@ class MCIBI(Baseline):
         weighting: memory update weights, `"cosine"` (Eq. 9-10) or `"mean"` (Table 2 "Cosine" off).
         update_resolution: `"label"` (features upsampled to the label size, paper) or `"feature"` (labels
             downsampled to the features, faster).
-        memory_init: `"first_batch_mean"` (authors' code) or `"random_pixel"` (paper).
+        memory_init: `"first_batch_mean"` (authors' code), `"random_pixel"` (paper) or `"clustering"` (Table 2: rows
+            set before training from the class means of `memory_init_batches` training batches, see
+            `MemoryInitialization`; classes not seen there are set at first sight as `"first_batch_mean"`).
+        memory_init_batches: training batches read by the `"clustering"` initialisation (None: one epoch).
         momentum_schedule: `"poly"` (Eq. 7) or `"constant"` (Table 2 "Poly" off).
         m0: initial momentum m0 (Eq. 7; the authors' Cityscapes configs use 1.0).
         momentum_power: p of Eq. 7.
@@ -67,7 +71,8 @@ class MCIBI(Baseline):
         context_within_image: bool | None = None,
         weighting: Literal["cosine", "mean"] = "cosine",
         update_resolution: Literal["label", "feature"] = "label",
-        memory_init: Literal["first_batch_mean", "random_pixel"] = "first_batch_mean",
+        memory_init: Literal["first_batch_mean", "random_pixel", "clustering"] = "first_batch_mean",
+        memory_init_batches: int | None = None,
         momentum_schedule: Literal["poly", "constant"] = "poly",
         m0: float = 0.9,
         momentum_power: float = 0.9,
@@ -83,6 +88,8 @@ class MCIBI(Baseline):
         for name, value in (("memory_channels", memory_channels), ("transform_channels", transform_channels)):
             if value < 1:
                 raise ValueError(f"MCIBI: {name} must be >= 1, got {value}")
+        if memory_init not in MEMORY_INITS:
+            raise ValueError(f"MCIBI: memory_init must be one of {list(MEMORY_INITS)}, got {memory_init!r}")
         if rcl_start_step is not None and rcl_start_step < 0:
             raise ValueError(f"MCIBI: rcl_start_step must be >= 0 or None, got {rcl_start_step}")
         segmodel = self.segmodel
@@ -95,7 +102,8 @@ class MCIBI(Baseline):
         # R (Eq. 1): 3x3 conv-BN-ReLU bottleneck on the encoder's last stage
         self.bottleneck = Conv2dReLU(segmodel.encoder_channels[-1], memory_channels, 3, padding=1)
         self.memory = FeatureMemory(self.num_classes, memory_channels, weighting=weighting,
-                                    update_resolution=update_resolution, init=memory_init,
+                                    update_resolution=update_resolution,
+                                    init="first_batch_mean" if memory_init == "clustering" else memory_init,
                                     ignore_index=self.ignore_index)
         self.register_buffer("memory_momentum", torch.tensor(float(m0)))
         self.dca = DatasetContextAggregation(memory_channels, self.num_classes, transform_channels, dropout)
@@ -107,6 +115,9 @@ class MCIBI(Baseline):
         self.rcl_start_step = rcl_start_step
         self.momentum_schedule = MomentumSchedule("memory_momentum", m0, momentum_power, momentum_schedule)
         self.similarity_log_every_n_steps = similarity_log_every_n_steps
+        self.memory_initialization = None
+        if memory_init == "clustering":
+            self.memory_initialization = MemoryInitialization("memory", "memory_features", memory_init_batches)
 
     # ----------------------------------------------------------------------------------------------- the model
     def _representations(self, images: Tensor) -> tuple[dict, Tensor, Tensor | None]:
@@ -118,6 +129,10 @@ class MCIBI(Baseline):
             out = {"encoder": self.segmodel.encoder(images)}
             within = None
         return out, self.bottleneck(out["encoder"][-1]), within
+
+    def memory_features(self, images: Tensor) -> Tensor:
+        """R (Eq. 1), the representations the memory is built from."""
+        return self._representations(images)[1]
 
     def _augment(self, features: Tensor, within: Tensor | None) -> tuple[Tensor, Tensor]:
         """H1 logits (Eq. 11) and R_aug = F(R, C_bi, C_wi) (Eq. 2, 4)."""
@@ -159,6 +174,8 @@ class MCIBI(Baseline):
         return batches // max(trainer.accumulate_grad_batches, 1)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """The momentum schedule (Eq. 7), the memory update after each step (Eq. 6-10) and its diagnostics."""
-        return [self.momentum_schedule, MemoryUpdate("memory", "memory_features", "memory_momentum"),
-                MemorySimilarityLogger("memory", self.similarity_log_every_n_steps)]
+        """The momentum schedule (Eq. 7), the memory update after each step (Eq. 6-10) and its diagnostics (and the
+        clustering initialisation before training, when chosen)."""
+        callbacks = [self.momentum_schedule, MemoryUpdate("memory", "memory_features", "memory_momentum"),
+                     MemorySimilarityLogger("memory", self.similarity_log_every_n_steps)]
+        return callbacks if self.memory_initialization is None else [self.memory_initialization, *callbacks]

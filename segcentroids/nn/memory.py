@@ -92,6 +92,24 @@ class FeatureMemory(nn.Module):
             sums, totals = packed[:, :-1], packed[:, -1]
         self.apply_statistics(sums, totals, momentum)
 
+    @torch.no_grad()
+    def image_class_means(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Plain mean of each class's pixel features in each image, at the update resolution: `[B, K, C]` (zero
+        where absent) and the presence mask `[B, K]` (bool). For an initialisation pass, not a training step."""
+        plain = FeatureMemory(self.num_classes, self.channels, weighting="mean",
+                              update_resolution=self.update_resolution, ignore_index=self.ignore_index)
+        plain = plain.to(features.device)  # uninitialised rows and "mean": every valid pixel weighs 1
+        stats = [plain.class_statistics(f[None], y[None]) for f, y in zip(features.detach().float(), labels)]
+        sums = torch.stack([s for s, _ in stats])
+        totals = torch.stack([t for _, t in stats])
+        return sums / totals.clamp_min(1.0)[..., None], totals > 0
+
+    @torch.no_grad()
+    def initialize_rows(self, rows: Tensor, present: Tensor) -> None:
+        """Sets the rows of the classes in `present [K]` (bool) to `rows [K, C]` and marks them initialised."""
+        self.memory.copy_(torch.where(present[:, None], rows.float(), self.memory))
+        self.initialized.copy_(torch.maximum(self.initialized, present.float()))
+
     def apply_statistics(self, sums: Tensor, totals: Tensor, momentum: float | Tensor) -> None:
         """Eq. 6 from the (global) per-class weighted sums `[K, C]` and weight totals `[K]`."""
         present = totals > 0

@@ -163,13 +163,13 @@ def fuse_pyramid(semantic_logits: list[Tensor], unity_probs: list[Tensor], tau: 
     size = tuple(semantic_logits[-1].shape[-2:])
     if not unity_probs:
         return semantic_logits[0].float().softmax(dim=1)
-    level = fuse_level_map(unity_probs, size, tau)
-    fused = torch.zeros_like(semantic_logits[-1], dtype=torch.float32)
-    for index, logits in enumerate(semantic_logits):
+    level = fuse_level_map(unity_probs, size, tau).unsqueeze(1)
+    fused = semantic_logits[-1].float().softmax(dim=1)  # the finest level, the fallback
+    for index, logits in enumerate(semantic_logits[:-1]):
         probs = logits.float().softmax(dim=1)
         if probs.shape[-2:] != size:
             probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-        fused = fused + (level == index).unsqueeze(1) * probs
+        fused = torch.where(level == index, probs, fused)
     return fused
 
 
