@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segcentroids.ops.resample import resize_bilinear
+
 RelabelPolicy = Literal["none", "gt_unity", "true_positive"]
 RELABEL_POLICIES = ("none", "gt_unity", "true_positive")
 
@@ -168,8 +170,8 @@ def fuse_pyramid(semantic_logits: list[Tensor], unity_probs: list[Tensor], tau: 
     for index, logits in enumerate(semantic_logits[:-1]):
         probs = logits.float().softmax(dim=1)
         if probs.shape[-2:] != size:
-            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-        fused = torch.where(level == index, probs, fused)
+            probs = resize_bilinear(probs, size)
+        torch.where(level == index, probs, fused, out=fused)  # in place: no new [B, K, H, W] map per level
     return fused
 
 
