@@ -264,6 +264,18 @@ def test_resize_bilinear_equals_interpolate(in_size, out_size):
     assert torch.allclose(grad, expected_grad, atol=1e-7)
 
 
+def test_fuse_under_autograd_gives_the_same_values_and_gradients():
+    generator = torch.Generator().manual_seed(2)
+    logits = [torch.randn(1, 3, s, s, generator=generator, requires_grad=True) for s in (2, 4, 8)]
+    unity = [torch.rand(1, s, s, generator=generator) for s in (2, 4)]
+    with torch.no_grad():
+        expected = fuse_pyramid(logits, unity, 0.5)
+    fused = fuse_pyramid(logits, unity, 0.5)
+    assert torch.equal(fused, expected)
+    fused.sum().backward()
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in logits)
+
+
 def test_fuse_rejects_wrong_level_count():
     with pytest.raises(ValueError, match="one unity level fewer"):
         fuse_pyramid([torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 2, 2)], [], tau=0.9)

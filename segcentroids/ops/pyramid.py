@@ -171,7 +171,10 @@ def fuse_pyramid(semantic_logits: list[Tensor], unity_probs: list[Tensor], tau: 
         probs = logits.float().softmax(dim=1)
         if probs.shape[-2:] != size:
             probs = resize_bilinear(probs, size)
-        torch.where(level == index, probs, fused, out=fused)  # in place: no new [B, K, H, W] map per level
+        if fused.requires_grad or probs.requires_grad:
+            fused = torch.where(level == index, probs, fused)
+        else:  # inference: in place, no new [B, K, H, W] map per level
+            torch.where(level == index, probs, fused, out=fused)
     return fused
 
 

@@ -9,30 +9,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def linear_taps_1d(in_size: int, out_size: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+def linear_taps_1d(in_size: int, out_size: int, device: torch.device | None = None,
+                   dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """Source index and weight of the lower tap for each of `out_size` outputs of a 1-D linear upsampling with
     `align_corners=False` (PyTorch's rule: `src = max((dst + 0.5) * in / out - 0.5, 0)`).
 
-    Returns `(index [out_size] int64, weight [out_size] float32)`: output `i` equals
+    Returns `(index [out_size] int64, weight [out_size] dtype)`: output `i` equals
     `weight[i] * x[index[i]] + (1 - weight[i]) * x[index[i] + 1]` on `x` replicate-padded by one sample at the end
     (the upper tap is clamped to the last sample, as PyTorch does).
     """
     scale = in_size / out_size
     src = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0.0)
     index = src.floor().long().clamp_max(in_size - 1)
-    lam = (src - index.double()).float()
-    return index, 1.0 - lam
+    lam = src - index.double()
+    return index, (1.0 - lam).to(dtype)
 
 
 def linear_matrix(in_size: int, out_size: int, device: torch.device | None = None,
                   dtype: torch.dtype = torch.float32) -> Tensor:
     """`[out_size, in_size]` matrix of the 1-D linear resampling of `linear_taps_1d` (`align_corners=False`)."""
-    index, weight = linear_taps_1d(in_size, out_size, device)
+    index, weight = linear_taps_1d(in_size, out_size, device, torch.float64)
     rows = torch.arange(out_size, device=device)
-    matrix = torch.zeros(out_size, in_size, device=device, dtype=dtype)
-    matrix.index_put_((rows, index), weight.to(dtype), accumulate=True)
-    matrix.index_put_((rows, (index + 1).clamp_max(in_size - 1)), (1.0 - weight).to(dtype), accumulate=True)
-    return matrix
+    matrix = torch.zeros(out_size, in_size, device=device, dtype=torch.float64)
+    matrix.index_put_((rows, index), weight, accumulate=True)
+    matrix.index_put_((rows, (index + 1).clamp_max(in_size - 1)), 1.0 - weight, accumulate=True)
+    return matrix.to(dtype)
 
 
 def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
