@@ -351,10 +351,12 @@ def test_clustering_initialization_is_the_mean_of_per_image_class_means():
     assert model.memory.init == "first_batch_mean"  # classes not seen before training: set at first sight
     batches = _batches(3)
     batches[2]["mask"][:] = 3  # only the (unread) third batch shows class 3
-    model.train()
-    model.memory_initialization.on_train_start(_fake_trainer(batches), model)
-    assert model.training
     model.eval()
+    buffers = {name: b.clone() for name, b in model.named_buffers() if not name.startswith("memory.")}
+    model.memory_initialization.on_train_start(_fake_trainer(batches), model)
+    assert not model.training  # the mode is put back, and every buffer (BatchNorm statistics) too
+    assert all(torch.equal(buffers[name], b) for name, b in model.named_buffers() if name in buffers)
+    model.train()  # the oracle: features as a training step computes them (batch statistics)
     with torch.no_grad():
         per_image = [_per_image_class_means_loop(model.memory_features(b["image"]), b["mask"], 4, "label")
                      for b in batches[:2]]

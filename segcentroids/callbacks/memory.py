@@ -54,8 +54,8 @@ class MemoryUpdate(L.Callback):
 class MemoryInitialization(L.Callback):
     """MCIBI's "clustering" initialisation (Table 2): before the first training step, the row of every class seen is
     set to the centre of a one-cluster cosine k-means over that class's per-image mean features, taken by
-    `module.<features>(images)` (eval mode, no grad) on `num_batches` training batches (None: an epoch, as limited by
-    `limit_train_batches`).
+    `module.<features>(images)` (training mode, no grad, buffers restored afterwards) on `num_batches` training
+    batches (None: an epoch, as limited by `limit_train_batches`).
 
     With one cluster per class (one memory row), k-means assigns every point to it whatever the similarity and its
     centre is the mean of the points: the mean over images of the class's per-image mean feature. Under
@@ -85,8 +85,12 @@ class MemoryInitialization(L.Callback):
         if limit is None:  # one epoch as the trainer counts it (limit_train_batches, fast_dev_run)
             epoch = getattr(trainer, "num_training_batches", None)
             limit = epoch if isinstance(epoch, int) else None
+        # features as the training steps compute them (batch statistics in normalisation layers), so the rows start
+        # in the space they are compared with, also for a network trained from scratch, whose running statistics
+        # mean nothing yet; every buffer (running statistics, counters) is put back afterwards
+        buffers = {name: buffer.clone() for name, buffer in pl_module.named_buffers()}
         was_training = pl_module.training
-        pl_module.eval()
+        pl_module.train()
         try:
             with torch.no_grad(), trainer.precision_plugin.forward_context():
                 for index, batch in enumerate(trainer.train_dataloader):
@@ -99,6 +103,8 @@ class MemoryInitialization(L.Callback):
                     counts += present.sum(0)
         finally:
             pl_module.train(was_training)
+            for name, buffer in pl_module.named_buffers():
+                buffer.copy_(buffers[name])
         if dist.is_available() and dist.is_initialized():
             packed = torch.cat([sums, counts[:, None]], dim=1)
             dist.all_reduce(packed)
