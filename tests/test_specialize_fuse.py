@@ -264,6 +264,14 @@ def test_resize_bilinear_equals_interpolate(in_size, out_size):
     assert torch.allclose(grad, expected_grad, atol=1e-7)
 
 
+def test_resize_bilinear_keeps_float32_under_bf16_autocast():
+    x = torch.rand(1, 4, 5, 6, generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = resize_bilinear(x, (10, 12))
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, F.interpolate(x, size=(10, 12), mode="bilinear", align_corners=False), atol=1e-6)
+
+
 def test_fuse_under_autograd_gives_the_same_values_and_gradients():
     generator = torch.Generator().manual_seed(2)
     logits = [torch.randn(1, 3, s, s, generator=generator, requires_grad=True) for s in (2, 4, 8)]

@@ -39,10 +39,11 @@ def linear_matrix(in_size: int, out_size: int, device: torch.device | None = Non
 def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     """`F.interpolate(x, size, mode="bilinear", align_corners=False)` for `[..., h, w]` maps as the separable product
     `A_h x A_w^T`: two batched matrix products, several times faster on CPU than the interpolation kernel on NCHW
-    maps with many channels (e.g. 7x for 150 x 8 x 8 -> 64 x 64)."""
+    maps with many channels (e.g. 7x for 150 x 8 x 8 -> 64 x 64). Runs in `x`'s dtype, also under autocast."""
     rows = linear_matrix(x.shape[-2], size[0], x.device, x.dtype)
     cols = linear_matrix(x.shape[-1], size[1], x.device, x.dtype)
-    return rows @ x @ cols.T
+    with torch.autocast(x.device.type, enabled=False):
+        return rows @ x @ cols.T
 
 
 def bilinear_taps(in_size: tuple[int, int], out_size: tuple[int, int],
