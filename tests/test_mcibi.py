@@ -373,7 +373,7 @@ def test_clustering_initialization_skips_resumed_or_filled_memories():
     callback = model.memory_initialization
     callback.on_train_start(_fake_trainer(_batches(1), ckpt_path="last.ckpt"), model)
     assert model.memory.initialized.sum() == 0
-    model.memory.initialize_rows(torch.ones(4, 16), torch.tensor([False, True, False, False]))
+    model.memory.initialize_from_sums(torch.ones(4, 16), torch.tensor([0.0, 1.0, 0.0, 0.0]))
     callback.on_train_start(_fake_trainer(_batches(1)), model)
     assert model.memory.initialized.tolist() == [0.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="memory_init"):

@@ -9,7 +9,6 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -105,11 +104,7 @@ class MemoryInitialization(L.Callback):
             pl_module.train(was_training)
             for name, buffer in pl_module.named_buffers():
                 buffer.copy_(buffers[name])
-        if dist.is_available() and dist.is_initialized():
-            packed = torch.cat([sums, counts[:, None]], dim=1)
-            dist.all_reduce(packed)
-            sums, counts = packed[:, :-1], packed[:, -1]
-        memory.initialize_rows(sums / counts.clamp_min(1.0)[:, None], counts > 0)
+        memory.initialize_from_sums(sums, counts)  # all-reduced under torch.distributed
 
 
 def cosine_similarity_matrix(memory: Tensor) -> Tensor:

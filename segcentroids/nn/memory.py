@@ -20,6 +20,16 @@ WEIGHT_EPS = 1e-6
 plain mean instead of 0 / 0."""
 
 
+def global_statistics(sums: Tensor, totals: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-class sums `[K, C]` and totals `[K]` added over all processes with one all-reduce (unchanged in a single
+    process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return sums, totals
+    packed = torch.cat([sums, totals[:, None]], dim=1)
+    dist.all_reduce(packed)
+    return packed[:, :-1], packed[:, -1]
+
+
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"FeatureMemory: {name} must be one of {list(allowed)}, got {value!r}")
@@ -85,11 +95,7 @@ class FeatureMemory(nn.Module):
         if labels.ndim != 3 or labels.shape[0] != features.shape[0]:
             raise ValueError(f"FeatureMemory: labels must be [B, H, W] with B={features.shape[0]}, "
                              f"got {tuple(labels.shape)}")
-        sums, totals = self.class_statistics(features.detach().float(), labels)
-        if dist.is_available() and dist.is_initialized():
-            packed = torch.cat([sums, totals[:, None]], dim=1)
-            dist.all_reduce(packed)
-            sums, totals = packed[:, :-1], packed[:, -1]
+        sums, totals = global_statistics(*self.class_statistics(features.detach().float(), labels))
         self.apply_statistics(sums, totals, momentum)
 
     @torch.no_grad()
@@ -105,9 +111,13 @@ class FeatureMemory(nn.Module):
         return sums / totals.clamp_min(1.0)[..., None], totals > 0
 
     @torch.no_grad()
-    def initialize_rows(self, rows: Tensor, present: Tensor) -> None:
-        """Sets the rows of the classes in `present [K]` (bool) to `rows [K, C]` and marks them initialised."""
-        self.memory.copy_(torch.where(present[:, None], rows.float(), self.memory))
+    def initialize_from_sums(self, sums: Tensor, counts: Tensor) -> None:
+        """Sets every class counted in any process to `sums [K, C] / counts [K]` (added over all processes) and marks
+        it initialised; the other rows are left as they are."""
+        sums, counts = global_statistics(sums.float(), counts.float())
+        present = counts > 0
+        rows = sums / counts.clamp_min(1.0)[:, None]
+        self.memory.copy_(torch.where(present[:, None], rows, self.memory))
         self.initialized.copy_(torch.maximum(self.initialized, present.float()))
 
     def apply_statistics(self, sums: Tensor, totals: Tensor, momentum: float | Tensor) -> None:
