@@ -8,10 +8,10 @@ Per method: parameters (all / used by the inference graph), inference GFLOPs of 
 (`torch.utils.flop_counter`), training GFLOPs of one image (forward + backward), training step time (the method's
 `training_step` + backward + SGD step + its own callbacks' batch hooks, e.g. MCIBI's memory update), inference time
 (eval forward of the batch), and peak memory of a training step (CUDA: `max_memory_allocated` above what was allocated
-before; CPU: peak resident set size above the start of a second step, in a forked child, after returning cached
-heap memory to the system). Baseline and method are timed alternately in one process (ABAB, after a warm-up),
-medians; ratios are method / Baseline. Every model is built from the same seed on the same SegModel; the method
-arguments are the paper defaults with the CPU sizes of configs/ablations/quickstart.yaml.
+before; CPU: the peak of the tensor storages the step creates, tracked op by op). Baseline and method are timed
+alternately in one process (ABAB, after a warm-up), medians; ratios are method / Baseline. Every model is built from
+the same seed on the same SegModel; the method arguments are the paper defaults with the CPU sizes of
+configs/ablations/quickstart.yaml.
 Prints JSON, then a Markdown table.
 """
 
@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
-import multiprocessing
 import statistics
 import warnings
+import weakref
 from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
 from timing import abab, synchronize
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from segcentroids.callbacks.run_recorder import flop_counter, inference_cost
 from segcentroids.methods import MCIBI, MVSC, PNE, Baseline, MLSeg, SpecializeFuse
@@ -108,33 +109,39 @@ def infer(model: Baseline, batch: dict, args: argparse.Namespace) -> Callable[[]
 
 
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as stream:
-        line = next(line for line in stream if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024  # kB
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of CPU tensor storages alive at once among those created while the mode is active (activations,
+    gradients, temporaries; not the parameters or optimizer state that existed before). Each new output storage is
+    counted when an op creates it and uncounted when it is freed (a weakref finalizer): exact and independent of how
+    the C allocator caches memory, unlike the resident set size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, weakref.finalize] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int, nbytes: int) -> None:
+        if self.live.pop(key, None) is not None:
+            self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
+                storage = tensor.untyped_storage()
+                if id(storage) not in self.live:
+                    nbytes = storage.nbytes()
+                    self.live[id(storage)] = weakref.finalize(storage, self._release, id(storage), nbytes)
+                    self.current += nbytes
+                    self.peak = max(self.peak, self.current)
+        return out
 
 
-def _child_peak(fn: Callable[[], None], conn) -> None:
-    """In a forked child: one warm-up call, then the peak resident memory of a second call above its start. Freed
-    heap memory is returned to the system first (malloc_trim) and the peak counter reset (clear_refs 5), so memory
-    the allocator had cached is counted as new."""
+def peak_memory_mib(fn: Callable[[], None], device: str) -> float:
+    """Peak memory of one call of `fn` (after a warm-up call) above what was in use before it (MiB): CUDA's
+    `max_memory_allocated`, or on CPU the peak of the tensors it creates (`PeakTensorMemory`)."""
     fn()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    try:
-        with open("/proc/self/clear_refs", "w") as stream:
-            stream.write("5")
-    except OSError:
-        conn.send(None)
-        return
-    start = _status_mib("VmRSS")
-    fn()
-    conn.send(_status_mib("VmHWM") - start)
-    conn.close()
-
-
-def peak_memory_mib(fn: Callable[[], None], device: str) -> float | None:
-    """Peak memory of one call of `fn` above what was in use before it (MiB)."""
     if torch.device(device).type == "cuda":
         synchronize(device)
         before = torch.cuda.memory_allocated(device)
@@ -142,16 +149,9 @@ def peak_memory_mib(fn: Callable[[], None], device: str) -> float | None:
         fn()
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    try:
-        context = multiprocessing.get_context("fork")
-    except ValueError:
-        return None
-    parent, child = context.Pipe(duplex=False)
-    process = context.Process(target=_child_peak, args=(fn, child))
-    process.start()
-    value = parent.recv() if parent.poll(600) else None
-    process.join()
-    return value
+    with PeakTensorMemory() as tracker:
+        fn()
+    return tracker.peak / 2**20
 
 
 def train_gflops(model: Baseline, batch: dict) -> float:

@@ -1,6 +1,6 @@
 """PNE benchmark: the vectorised PNE loss against a per-pair loop, and PNE's training / inference cost vs Baseline.
 
-    python benchmarks/pne.py [--repeats 5] [--image-size 128]
+    python benchmarks/pne.py [--repeats 5] [--image-size 128] [--encoder resnet18] [--batch 2]
 
 1. Loss (forward + backward) on a realistic case: 19 classes, 1/8-resolution Cityscapes-size maps (128 x 256),
    batch 8, 256-d embeddings, a trained-looking prediction (boundaries off by one pixel, 1% confused with a
@@ -80,10 +80,11 @@ def bench_loss(repeats: int) -> dict:
             "vectorised_s": med["vectorised"], "loop_s": med["loop"], "speedup": med["loop"] / med["vectorised"]}
 
 
-def make_models(num_classes: int) -> tuple[Baseline, PNE]:
+def make_models(num_classes: int, encoder: str) -> tuple[Baseline, PNE]:
     def segmodel():
         torch.manual_seed(0)
-        return SegModel(arch="deeplabv3", encoder_name="resnet18", encoder_weights=None, decoder_channels=128)
+        return SegModel(arch="deeplabv3", encoder_name=encoder, encoder_weights=None,
+                        decoder_channels=512 if encoder != "resnet18" else 128)
 
     baseline = Baseline(segmodel=segmodel(), num_classes=num_classes)
     pne = PNE(segmodel=segmodel(), num_classes=num_classes)
@@ -91,11 +92,11 @@ def make_models(num_classes: int) -> tuple[Baseline, PNE]:
     return baseline, pne
 
 
-def bench_training(repeats: int, size: int, num_classes: int = 19) -> dict:
-    baseline, pne = make_models(num_classes)
+def bench_training(repeats: int, size: int, encoder: str, batch: int, num_classes: int = 19) -> dict:
+    baseline, pne = make_models(num_classes, encoder)
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 3, size, size, generator=g)
-    labels = torch.randint(0, num_classes, (2, size // 32, size // 32), generator=g)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    labels = torch.randint(0, num_classes, (batch, size // 32, size // 32), generator=g)
     labels = F.interpolate(labels[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
 
     def step(model):
@@ -112,14 +113,15 @@ def bench_training(repeats: int, size: int, num_classes: int = 19) -> dict:
         return run
 
     med = alternate({"baseline": step(baseline.train()), "pne": step(pne.train())}, repeats)
-    return {"case": f"DeepLabV3-R18 (stride 8), batch 2, {size}x{size}, 19 classes", "baseline_s": med["baseline"],
+    return {"case": f"DeepLabV3 {encoder} (stride 8), batch {batch}, {size}x{size}, 19 classes",
+            "baseline_s": med["baseline"],
             "pne_s": med["pne"], "ratio": med["pne"] / med["baseline"]}
 
 
-def bench_inference(repeats: int, size: int, num_classes: int = 19) -> dict:
-    baseline, pne = make_models(num_classes)
+def bench_inference(repeats: int, size: int, encoder: str, batch: int, num_classes: int = 19) -> dict:
+    baseline, pne = make_models(num_classes, encoder)
     baseline.eval(), pne.eval()
-    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         identical = torch.equal(baseline(images), pne(images))
         med = alternate({"baseline": lambda: baseline(images), "pne": lambda: pne(images)}, repeats, warmup=False)
@@ -131,15 +133,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--encoder", default="resnet18",
+                        help="DeepLabV3 encoder (decoder 512 channels unless resnet18)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--skip-loss", action="store_true", help="skip the loop comparison (minutes)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = {"loss": bench_loss(args.repeats), "training_step": bench_training(args.repeats, args.image_size),
-               "inference": bench_inference(args.repeats, args.image_size)}
+    results = {"loss": None if args.skip_loss else bench_loss(args.repeats),
+               "training_step": bench_training(args.repeats, args.image_size, args.encoder, args.batch),
+               "inference": bench_inference(args.repeats, args.image_size, args.encoder, args.batch)}
     print(json.dumps(results, indent=2))
     loss, train, infer = results["loss"], results["training_step"], results["inference"]
     print("\n| measure | reference | PNE | ratio |\n| --- | ---: | ---: | ---: |")
-    print(f"| loss fwd+bwd ({loss['case']}, {loss['pairs']} sets; |diff| {loss['abs_diff']:.1e}) | loop "
-          f"{loss['loop_s'] * 1e3:.1f} ms | {loss['vectorised_s'] * 1e3:.1f} ms | {loss['speedup']:.1f}x faster |")
+    if loss is not None:
+        print(f"| loss fwd+bwd ({loss['case']}, {loss['pairs']} sets; |diff| {loss['abs_diff']:.1e}) | loop "
+              f"{loss['loop_s'] * 1e3:.1f} ms | {loss['vectorised_s'] * 1e3:.1f} ms | {loss['speedup']:.1f}x faster |")
     print(f"| training step ({train['case']}) | Baseline {train['baseline_s'] * 1e3:.0f} ms | "
           f"{train['pne_s'] * 1e3:.0f} ms | {train['ratio']:.2f}x |")
     print(f"| inference (identical: {infer['identical']}) | Baseline {infer['baseline_s'] * 1e3:.0f} ms | "

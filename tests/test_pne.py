@@ -65,26 +65,28 @@ def reference_pne(embeddings, logits, labels, *, samples_per_set, max_anchor_set
                     else:
                         set_negatives = None
                 if corresponding_negatives and not individual_anchor_sets:
-                    # each anchor of the pooled set meets the templates of its own predicted class
-                    negatives = [templates(int(pred[i])) for i in a_idx]
-                    if empty_negatives == "anchors":
-                        negatives = [anchors.detach() if n is None else n for n in negatives]
-                    has = torch.tensor([n is not None for n in negatives])
-                    if not has.any():
+                    # the pooled set shares the union of N_{l,l} over the classes its pixels were predicted as;
+                    # each class's S templates weigh its share of the union's pixels
+                    union = {int(c): int((valid & (y == c) & (pred == c)).sum()) for c in pred[mask].unique()}
+                    union = {c: n for c, n in union.items() if n > 0}
+                    if union:
+                        neg_sum = sum(n / sum(union.values()) * (anchors @ templates(c).T / tau).exp().sum(1)
+                                      for c, n in union.items())
+                    elif empty_negatives == "skip":
                         continue
-                    anchors = anchors[has]
-                    sn = torch.einsum("ad,asd->as", anchors, torch.stack([n for n in negatives if n is not None]))
+                    else:
+                        neg_sum = (anchors @ anchors.detach().T / tau).exp().sum(1)
                 else:
                     negatives = templates(predicted) if corresponding_negatives else set_negatives
                     if negatives is None and empty_negatives == "skip":
                         continue
-                    sn = anchors @ (anchors.detach() if negatives is None else negatives).T
-                sn = sn / tau  # [A, S]
+                    sn = anchors @ (anchors.detach() if negatives is None else negatives).T / tau  # [A, S]
+                    neg_sum = sn.exp().sum(1)
                 sp = anchors @ positives.T / tau  # [A, S]
                 if form == "pne":
-                    terms.append(torch.log(1 + sn.exp().sum(1) / (wts * sp.exp()).sum(1)))
+                    terms.append(torch.log(1 + neg_sum / (wts * sp.exp()).sum(1)))
                 else:
-                    ratio = sp.exp() / (sp.exp() + sn.exp().sum(1, keepdim=True))
+                    ratio = sp.exp() / (sp.exp() + neg_sum[:, None])
                     terms.append((wts * -torch.log(ratio)).sum(1) / S)
     return torch.cat(terms).mean() if terms else embeddings.sum() * 0
 
@@ -182,9 +184,20 @@ def test_individual_anchor_sets_and_corresponding_negatives_by_hand():
     a2 = math.log(1 + 2 * math.exp(-1) / (2 * math.exp(0)))
     a3 = math.log(1 + 2 * math.exp(0.28) / (2 * math.exp(0.6)))
     assert PNELoss(**kw)(embeddings, logits, labels).item() == pytest.approx((a2 + a3) / 2, rel=1e-6)
-    # IAS off + CN: one pooled set {2, 3}; each anchor still meets its own predicted class: same value here
+    # IAS off + CN: one pooled set {2, 3} of class 0, predicted as 1 and 2, shares the union N_{1,1} + N_{2,2} =
+    # {4, 5}; each class's S = 2 templates weigh its share of the union's pixels, 1/2
+    u2 = math.log(1 + (math.exp(-1) + math.exp(0.8)) / 2)
+    u3 = math.log(1 + (math.exp(-0.8) + math.exp(0.28)) / (2 * math.exp(0.6)))
     pooled = PNELoss(individual_anchor_sets=False, **kw)(embeddings, logits, labels)
-    assert pooled.item() == pytest.approx((a2 + a3) / 2, rel=1e-6)
+    assert pooled.item() == pytest.approx((u2 + u3) / 2, rel=1e-6)
+    # a 7th pixel, class 2 predicted 2 at (0.8, -0.6): union {4, 5, 6}, shares 1/3 (class 1) and 2/3 (class 2)
+    e7 = torch.cat([e, torch.tensor([[0.8, -0.6]])])
+    labels7 = torch.tensor([0, 0, 0, 0, 1, 2, 2]).reshape(1, 1, 7)
+    logits7 = F.one_hot(torch.tensor([*preds, 2]), 3).float().T.reshape(1, 3, 1, 7)
+    v2 = math.log(1 + (2 * math.exp(-1) / 3 + 2 * (math.exp(0.8) + math.exp(-0.6)) / 3) / 2)
+    v3 = math.log(1 + (2 * math.exp(-0.8) / 3 + 2 * (math.exp(0.28) + math.exp(0)) / 3) / (2 * math.exp(0.6)))
+    pooled = PNELoss(individual_anchor_sets=False, **kw)(e7.T.reshape(1, 2, 1, 7), logits7, labels7)
+    assert pooled.item() == pytest.approx((v2 + v3) / 2, rel=1e-6)
     # IAS off + CN off: negatives are the 2 templates (of 4: pixel 4 twice, pixel 5 twice) closest to the mean
     # anchor (0.3, 0.9): pixel 5 (cos 0.54 / |.|) beats pixel 4 (cos -0.9 / |.|), so both negatives are pixel 5
     b2 = math.log(1 + 2 * math.exp(0.8) / (2 * math.exp(0)))
@@ -193,11 +206,17 @@ def test_individual_anchor_sets_and_corresponding_negatives_by_hand():
     assert hard.item() == pytest.approx((b2 + b3) / 2, rel=1e-6)
 
 
-def random_case(seed, B=2, K=4, h=6, w=7, D=5, accuracy=0.6, ignore=0.1, scale=1):
+def random_case(seed, B=2, K=4, h=6, w=7, D=5, accuracy=0.6, ignore=0.1, scale=1, never_right=None):
+    """Random labels, predictions right with probability `accuracy`; class `never_right` is never predicted
+    correctly and every misclassified pixel of class 0 is predicted as it (so the anchor sets predicted as it, and
+    class 0's pooled set, have no corresponding negatives)."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, K, (B, h, w), generator=g)
     flip = torch.rand(B, h, w, generator=g) > accuracy
     preds = torch.where(flip, torch.randint(0, K, (B, h, w), generator=g), labels)
+    if never_right is not None:
+        preds = torch.where((preds == never_right) & (labels == never_right), (never_right + 1) % K, preds)
+        preds = torch.where((labels == 0) & (preds != 0), never_right, preds)
     logits = torch.randn(B, K, h, w, generator=g) + 4 * F.one_hot(preds, K).permute(0, 3, 1, 2)
     labels[torch.rand(B, h, w, generator=g) < ignore] = 255
     if scale > 1:
@@ -223,13 +242,28 @@ OPTIONS = [
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 @pytest.mark.parametrize("samples_per_set", [3, 8])
 def test_matches_per_pair_loop(options, samples_per_set):
+    """Value and gradient; the third case has a class never predicted right (empty negative sets)."""
     for seed in range(3):
-        embeddings, logits, labels = random_case(seed, scale=2 if seed == 1 else 1)
+        embeddings, logits, labels = random_case(seed, scale=2 if seed == 1 else 1,
+                                                 never_right=3 if seed == 2 else None)
         kw = {"samples_per_set": samples_per_set, "max_anchor_set": None, **options}
-        ours = PNELoss(sampling="first", **kw)(embeddings, logits, labels)
-        ref = reference_pne(embeddings.double(), logits.double(), labels, **kw)
+        ours_input, ref_input = embeddings.clone().requires_grad_(), embeddings.double().requires_grad_()
+        ours = PNELoss(sampling="first", **kw)(ours_input, logits, labels)
+        ref = reference_pne(ref_input, logits.double(), labels, **kw)
         assert ours.item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
         assert ref.item() > 0  # the random cases do have qualifying sets
+        ours.backward(), ref.backward()
+        torch.testing.assert_close(ours_input.grad, ref_input.grad.float(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("individual_anchor_sets", [True, False])
+def test_loop_cases_exercise_empty_negatives(individual_anchor_sets):
+    """The loop comparison's third case has anchor sets without negatives: "skip" and "anchors" differ there."""
+    embeddings, logits, labels = random_case(2, never_right=3)
+    kw = {"samples_per_set": 3, "max_anchor_set": None, "individual_anchor_sets": individual_anchor_sets}
+    skip = PNELoss(sampling="first", empty_negatives="skip", **kw)(embeddings, logits, labels)
+    anchors = PNELoss(sampling="first", empty_negatives="anchors", **kw)(embeddings, logits, labels)
+    assert abs(skip.item() - anchors.item()) > 1e-3
 
 
 def test_random_sampling_is_seeded_and_equals_first_when_sets_tile_exactly():
@@ -348,6 +382,57 @@ def test_pne_inference_is_the_baselines():
     images = _batch()[0]
     with torch.no_grad():
         assert torch.equal(baseline(images), pne(images))
+
+
+PAPER_MODELS = {  # the paper's model families with small encoders (Tables 2-4: HRNetV2, OCRNet, UPerNet + Swin)
+    "hrnetv2": {"arch": "hrnetv2", "encoder_name": "tu-hrnet_w18_small", "decoder_channels": None},
+    "ocrnet_hrnet": {"arch": "ocr", "encoder_name": "tu-hrnet_w18_small", "output_stride": 4, "decoder_channels": 32,
+                     "num_classes": 4},
+    "upernet_swin": {"arch": "upernet", "encoder_name": "tu-swin_tiny_patch4_window7_224", "decoder_channels": 32,
+                     "encoder_kwargs": {"img_size": [64, 64], "window_size": 2}},
+}
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+def test_pne_on_the_papers_models(name):
+    """PNE trains on each family (a PNE gradient reaches the encoder) and infers exactly as the Baseline."""
+    from segcentroids.methods import PNE, Baseline
+    from segcentroids.models import SegModel
+
+    def build(method):
+        torch.manual_seed(0)
+        return method(segmodel=SegModel(encoder_weights=None, **PAPER_MODELS[name]), num_classes=4)
+
+    model, baseline = build(PNE), build(Baseline)
+    images, labels = _batch()
+    outputs, _ = model.training_outputs(images, labels)
+    pne = model.extra_losses[0](outputs, labels)["pne"]
+    assert torch.isfinite(pne) and pne > 0
+    pne.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.segmodel.encoder.parameters())
+    assert model.classifier[1].weight.grad is None  # the logits are detached in the loss
+    baseline.load_state_dict(model.state_dict(), strict=False)
+    model.eval(), baseline.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), baseline(images))
+
+
+def test_extra_losses_need_their_own_term_names():
+    from segcentroids.losses import PNEObjective
+    from segcentroids.losses.extra import ExtraLoss
+    from segcentroids.methods import PNE, Baseline
+
+    with pytest.raises(ValueError, match=r"PNEObjective names its loss terms \['pne'\]"):
+        PNE(segmodel=_segmodel(), num_classes=4, extra_losses=[PNEObjective()])
+
+    class ShadowsCE(ExtraLoss):  # declares no weight, returns a term the method computes
+        def forward(self, outputs, labels):
+            return {"ce": outputs["logits"].sum() * 0}
+
+    model = Baseline(segmodel=_segmodel(), num_classes=4, extra_losses=[ShadowsCE()])
+    images, labels = _batch()
+    with pytest.raises(ValueError, match=r"ShadowsCE returned loss terms \['ce'\]"):
+        model.training_step({"image": images, "mask": labels}, 0)
 
 
 def test_objective_plugs_into_any_method_and_checks_channels():

@@ -184,14 +184,27 @@ class PNELoss(nn.Module):
             qualifies = (set_size > 0) & template_ok[set_image * K + set_class]
             if self.max_anchor_set is not None:
                 qualifies &= set_size <= self.max_anchor_set
-            if self.empty_negatives == "skip" and self.individual_anchor_sets and self.corresponding_negatives:
-                qualifies &= template_ok[set_image * K + set_pred]
+            union_share = None
+            if self.corresponding_negatives and not self.individual_anchor_sets:
+                # IAS off: the pooled set S_k shares one negative set, the union of N_{l,l} over the classes l its
+                # pixels were predicted as; each class weighs its share of the union's pixels [B, K (set), K (l)]
+                predicted_as = torch.zeros(B * K * K, dtype=torch.bool, device=device)
+                predicted_as[((image * K + label) * K + pred)[wrong]] = True
+                union = predicted_as.reshape(B, K, K) & template_ok.reshape(B, 1, K)
+                union_pixels = torch.where(union, counts[:num_templates].reshape(B, 1, K), 0)
+                union_share = union_pixels / union_pixels.sum(dim=2, keepdim=True).clamp_min(1)
+                negatives_exist = union.any(dim=2).reshape(B * K)
+            else:
+                negatives_exist = template_ok[set_image * K + set_pred]  # per set; unused with CN off
+            if self.empty_negatives == "skip" and self.corresponding_negatives:
+                qualifies &= negatives_exist
             # A set of n members is tiled or cut to S samples: its min(n, S) distinct members stand for them with
             # multiplicities, and are processed in chunks of C anchors against the set's S positives / negatives.
             chunks = torch.where(qualifies, (set_size.clamp_max(S) + C - 1) // C, 0)
             # the one host sync: the numbers of qualifying sets and of chunks size the blocks below (padding to all
             # B*K*K sets instead costs B*K^2*S^2 similarities, 14 GB for ADE20K's 150 classes at batch 16)
-            P, Q = torch.stack([qualifies.sum(), chunks.sum()]).tolist()
+            P, Q, per_image = torch.stack([qualifies.sum(), chunks.sum(),
+                                           qualifies.reshape(B, -1).sum(dim=1).max()]).tolist()
             pairs = torch.nonzero_static(qualifies, size=P).squeeze(1)
             pair_chunks = chunks[pairs]
             chunk_pair = torch.repeat_interleave(torch.arange(P, device=device), pair_chunks, output_size=Q)
@@ -208,25 +221,28 @@ class PNELoss(nn.Module):
         tau = self.temperature
         positive_ids = chunk_image * K + chunk_class
         positive_weights = weights[positive_ids][:, None, :]  # [Q, 1, S]
-        positive_sim = anchors @ templates[positive_ids].transpose(1, 2) / tau  # [Q, C, S]
+        # index_select copies whole [S, D] blocks (several times faster on CPU than advanced indexing)
+        positive_sim = anchors @ templates.index_select(0, positive_ids).transpose(1, 2) / tau  # [Q, C, S]
         if not self.corresponding_negatives:
             negatives, negative_ok = self._hard_negatives(anchors, multiplicity, templates, template_ok, pairs,
-                                                          set_image, set_class, chunk_pair, K)
-            negative_sim = anchors @ negatives.transpose(1, 2) / tau
-        elif self.individual_anchor_sets:
-            # IAS + CN (Eq. 9): the set S_{l,k} is contrasted with N_{l,l}
-            negative_ids = chunk_image * K + chunk_pred
-            negative_sim = anchors @ templates[negative_ids].transpose(1, 2) / tau
-            negative_ok = template_ok[negative_ids][:, None].expand_as(multiplicity)
+                                                          set_image, set_class, chunk_pair, K, per_image)
+            log_negatives = (anchors @ negatives.transpose(1, 2) / tau).logsumexp(dim=-1)  # [Q, C]
         else:
-            negative_sim, negative_ok = self._own_class_negatives(anchors, slot, templates, template_ok, pred,
-                                                                  anchor_pixels, chunk_image, chunk_class, K)
+            negative_ok = negatives_exist[chunk_set][:, None].expand_as(multiplicity)
+            if self.individual_anchor_sets:
+                # IAS + CN (Eq. 9): the set S_{l,k} is contrasted with N_{l,l}
+                negatives = templates.index_select(0, chunk_image * K + chunk_pred)
+                log_negatives = (anchors @ negatives.transpose(1, 2) / tau).logsumexp(dim=-1)
+            else:
+                log_negatives = self._union_negatives(anchors, slot, templates, union_share, chunk_image,
+                                                      chunk_class)
         if self.empty_negatives == "anchors":
-            # the set's own S (tiled) anchor samples stand in for missing negatives (authors' code)
-            own = rows(members(num_templates + chunk_set, samples))
-            negative_sim = torch.where(negative_ok[..., None], negative_sim, anchors @ own.transpose(1, 2) / tau)
+            # the set's own S (tiled) anchor samples, detached like every template, stand in for missing negatives
+            # (authors' code)
+            own = rows(members(num_templates + chunk_set, samples)).detach()
+            log_negatives = torch.where(negative_ok, log_negatives,
+                                        (anchors @ own.transpose(1, 2) / tau).logsumexp(dim=-1))
             negative_ok = torch.ones_like(negative_ok)
-        log_negatives = negative_sim.logsumexp(dim=-1)  # [Q, C]
         if self.form == "pne":
             # Eq. 8: log(1 + sum_n exp(a.n/tau) / sum_p w_p/w_bar exp(a.p/tau)), computed in log space
             log_positives = (positive_sim + positive_weights.log()).logsumexp(dim=-1)
@@ -250,11 +266,13 @@ class PNELoss(nn.Module):
         return loss, stats
 
     def _hard_negatives(self, anchors: Tensor, multiplicity: Tensor, templates: Tensor, template_ok: Tensor,
-                        pairs: Tensor, set_image: Tensor, set_class: Tensor, chunk_pair: Tensor,
-                        K: int) -> tuple[Tensor, Tensor]:
+                        pairs: Tensor, set_image: Tensor, set_class: Tensor, chunk_pair: Tensor, K: int,
+                        per_image: int) -> tuple[Tensor, Tensor]:
         """CN off: per set, the S templates of other classes most similar (cosine) to the set's mean anchor sample.
 
-        Returns the negatives of each chunk `[Q, S, D]` and whether its set has any `[Q, C]`."""
+        The set centres of an image meet its K * S templates in one batched product, `[B, per_image, K * S]`
+        (`per_image`: the most qualifying sets in one image; pairs are ordered by image). Returns the negatives of
+        each chunk `[Q, S, D]` and whether its set has any `[Q, C]`."""
         S, D = templates.shape[1:]
         B, P = template_ok.numel() // K, pairs.numel()
         device = anchors.device
@@ -262,31 +280,38 @@ class PNELoss(nn.Module):
             weighted = (anchors.detach() * multiplicity[..., None]).sum(dim=1)
             centre = F.normalize(torch.zeros(P, D, device=device).index_add_(0, chunk_pair, weighted), dim=-1)
             pair_image, pair_class = set_image[pairs], set_class[pairs]
-            image_templates = templates.reshape(B, K * S, D)
-            hardness = torch.einsum("pd,pmd->pm", centre, image_templates[pair_image]) if P else centre[:, :0]
+            sets_in_image = torch.zeros(B, dtype=torch.long, device=device).scatter_add_(
+                0, pair_image, torch.ones_like(pair_image))
+            position = torch.arange(P, device=device) - (sets_in_image.cumsum(0) - sets_in_image)[pair_image]
+            centres = centre.new_zeros(B, per_image, D).index_put_((pair_image, position), centre)
+            hardness = (centres @ templates.reshape(B, K * S, D).transpose(1, 2))[pair_image, position]  # [P, K*S]
             other = template_ok.reshape(B, K)[pair_image] & (torch.arange(K, device=device) != pair_class[:, None])
             hardness = hardness.reshape(P, K, S).masked_fill(~other[..., None], float("-inf")).reshape(P, K * S)
             chosen = pair_image[:, None] * (K * S) + hardness.topk(min(S, K * S), dim=1).indices
-            negatives = templates.reshape(B * K * S, D)[chosen[chunk_pair]]  # [Q, S, D]
-        return negatives, other.any(dim=1)[chunk_pair][:, None].expand_as(multiplicity)
+            negatives = templates.reshape(B * K * S, D).index_select(0, chosen[chunk_pair].reshape(-1))
+        return negatives.reshape(-1, S, D), other.any(dim=1)[chunk_pair][:, None].expand_as(multiplicity)
 
-    def _own_class_negatives(self, anchors: Tensor, slot: Tensor, templates: Tensor, template_ok: Tensor,
-                             pred: Tensor, anchor_pixels: Tensor, chunk_image: Tensor, chunk_class: Tensor,
-                             K: int) -> tuple[Tensor, Tensor]:
-        """IAS off + CN: each anchor of the pooled set S_k meets the templates of its own predicted class. The pooled
-        sets of an image (at most K, S distinct anchors each) are compared with all its templates at once.
+    def _union_negatives(self, anchors: Tensor, slot: Tensor, templates: Tensor, union_share: Tensor,
+                         chunk_image: Tensor, chunk_class: Tensor) -> Tensor:
+        """IAS off + CN: the pooled set S_k of an image shares one negative set, the union U of N_{l,l} over the
+        classes l its pixels were predicted as. Its S negatives are represented by each such class's S templates
+        weighted by the class's share of U's pixels, `sum_l (|N_l| / |U|) sum_s exp(a.t_{l,s} / tau)`: the expected
+        sum over S uniform draws from U, so |N| = |P| = S still holds (Eq. 7).
 
-        Returns similarities / tau `[Q, C, S]` and whether the anchor's predicted class has templates `[Q, C]`."""
+        The pooled sets of an image (at most K, S distinct anchors each) meet all its templates in one
+        `[B, K * S, K * S]` product (Cityscapes' 19 classes: 29 M similarities at batch 8; an ablation-only path).
+        Returns the log of that negative sum per anchor `[Q, C]`."""
         S, D = templates.shape[1:]
-        B = template_ok.numel() // K
+        B, K = union_share.shape[:2]
         image, cls = chunk_image[:, None].expand_as(slot), chunk_class[:, None].expand_as(slot)
         position = slot.clamp_max(S - 1)  # padding slots (beyond the set's members) add zero vectors
         inside = (slot < S)[..., None]
         dense = anchors.new_zeros(B, K, S, D).index_put((image, cls, position), anchors * inside, accumulate=True)
-        every = dense.reshape(B, K * S, D) @ templates.reshape(B, K * S, D).transpose(1, 2)
-        anchor_pred = pred.reshape(-1)[anchor_pixels]  # [Q, C]
-        sim = every.reshape(B, K, S, K, S)[image, cls, position, anchor_pred] / self.temperature
-        return sim, template_ok.reshape(B, K)[image, anchor_pred]
+        every = dense.reshape(B, K * S, D) @ templates.reshape(B, K * S, D).transpose(1, 2) / self.temperature
+        # classes outside the union get a finite -1e4 (exp underflows to 0; an empty union keeps finite gradients)
+        log_share = torch.where(union_share > 0, union_share.log(), -1e4)[:, :, None, :, None]  # [B, K, 1, K, 1]
+        log_sum = (every.reshape(B, K, S, K, S) + log_share).flatten(3).logsumexp(dim=-1)  # [B, K, S]
+        return log_sum[image, cls, position]
 
 
 class PNEObjective(ExtraLoss):

@@ -129,6 +129,11 @@ class Baseline(L.LightningModule):
         self.extra_losses = nn.ModuleList(extra_losses or [])
         for extra in self.extra_losses:
             extra.bind(self)
+            taken = sorted(set(extra.weights) & set(self.loss_weights))
+            if taken:
+                raise ValueError(f"extra_losses: {type(extra).__name__} names its loss terms {taken}, which another "
+                                 f"loss term already uses; each term needs its own name (taken: "
+                                 f"{sorted(self.loss_weights)})")
             self.loss_weights.update(extra.weights)
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
@@ -166,7 +171,11 @@ class Baseline(L.LightningModule):
         images, labels = batch["image"], batch["mask"]
         outputs, losses = self.training_outputs(images, labels)
         for extra in self.extra_losses:
-            losses.update(extra(outputs, labels))
+            terms = extra(outputs, labels)
+            if not terms.keys().isdisjoint(losses):
+                raise ValueError(f"extra_losses: {type(extra).__name__} returned loss terms "
+                                 f"{sorted(terms.keys() & losses.keys())} that the method already computes")
+            losses.update(terms)
         total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
         batch_size = images.shape[0]
         for name, value in losses.items():
