@@ -267,6 +267,19 @@ def test_table_holds_the_runs_metrics(ablated: dict) -> None:
     assert "| base (baseline) | 1/1 |" in markdown and "| broken | 0/1 | - |" in markdown
 
 
+def test_a_row_that_raises_after_parsing_is_reported_with_its_error(tmp_path: Path) -> None:
+    """Not an argument error: the run itself raises (here building the encoder); the row is marked failed with the
+    exception, and the runner goes on to the next row."""
+    rows = [{"name": "crashes", "overrides": ["--model.init_args.segmodel.init_args.encoder_name=no_such_encoder"]},
+            {"name": "base", "overrides": []}]
+    path, out = write_table(tmp_path, rows=rows, paper={}), tmp_path / "out"
+    assert main([str(path), "--out", str(out), "--in-process", *TINY]) == 1
+    status = json.loads((out / "crashes" / "seed0" / "ablate.json").read_text())
+    assert status["status"] == "failed" and "segcentroids fit:" in status["error"]
+    assert "no_such_encoder" in status["error"] and "Traceback" in status["error"]
+    assert json.loads((out / "base" / "seed0" / "ablate.json").read_text())["status"] == "done"
+
+
 def test_subprocess_launch_keeps_the_log_of_a_failing_row(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path, out = write_table(tmp_path), tmp_path / "out"
     assert main([str(path), "--out", str(out), "--rows", "broken", *TINY]) == 1

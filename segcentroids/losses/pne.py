@@ -55,7 +55,7 @@ class PNELoss(nn.Module):
             counted) or contrasted with its own anchors as negatives ("anchors", authors' code).
         form: "pne" (Eq. 6/8) or "infonce" (the asymmetric Eq. 1, per-positive weights as a weighted mean).
         individual_anchor_sets: IAS; off = the misclassified pixels of class k form one set whatever they were
-            predicted as.
+            predicted as, which (CN on) shares one negative set: the union of N_{l,l} over those predicted classes.
         corresponding_negatives: CN; off = the negatives of a set are the `samples_per_set` correctly predicted
             pixels of other classes most similar (cosine) to the set's mean anchor, among the sampled templates of
             every other class.
@@ -188,9 +188,9 @@ class PNELoss(nn.Module):
             if self.corresponding_negatives and not self.individual_anchor_sets:
                 # IAS off: the pooled set S_k shares one negative set, the union of N_{l,l} over the classes l its
                 # pixels were predicted as; each class weighs its share of the union's pixels [B, K (set), K (l)]
-                predicted_as = torch.zeros(B * K * K, dtype=torch.bool, device=device)
-                predicted_as[((image * K + label) * K + pred)[wrong]] = True
-                union = predicted_as.reshape(B, K, K) & template_ok.reshape(B, 1, K)
+                predicted_as = torch.zeros(B * K * K, dtype=torch.long, device=device).scatter_add_(
+                    0, ((image * K + label) * K + pred).reshape(-1), wrong.reshape(-1).long())  # no host sync
+                union = (predicted_as.reshape(B, K, K) > 0) & template_ok.reshape(B, 1, K)
                 union_pixels = torch.where(union, counts[:num_templates].reshape(B, 1, K), 0)
                 union_share = union_pixels / union_pixels.sum(dim=2, keepdim=True).clamp_min(1)
                 negatives_exist = union.any(dim=2).reshape(B * K)
