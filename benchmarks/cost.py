@@ -127,10 +127,13 @@ class PeakTensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # outputs that alias an input (in-place updates of weights and optimizer state, views) are not new memory
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
                 storage = tensor.untyped_storage()
-                if id(storage) not in self.live:
+                if id(storage) not in self.live and storage.data_ptr() not in inputs:
                     nbytes = storage.nbytes()
                     self.live[id(storage)] = weakref.finalize(storage, self._release, id(storage), nbytes)
                     self.current += nbytes

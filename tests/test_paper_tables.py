@@ -33,12 +33,14 @@ SEGMODEL = "--model.init_args.segmodel.init_args"
 
 def small_model(path: Path) -> list[str]:
     """A small encoder of the base config's family: a 2-block ViT-Tiny for ViTs (MLSeg's 3 heads), MiT-B0 for
-    SegFormer's MiT, ResNet-18 otherwise."""
+    SegFormer's MiT, HRNet-W18-small for HRNets, ResNet-18 otherwise."""
     base = yaml.safe_load((REPO / load_ablation(path).base[0]).read_text())
     encoder = base["model"]["init_args"]["segmodel"]["init_args"]["encoder_name"]
     if encoder.startswith("tu-vit"):
         return [f"{SEGMODEL}.encoder_name=tu-vit_tiny_patch16_224", f"{SEGMODEL}.encoder_kwargs={{depth: 2}}",
                 "--model.init_args.num_heads=3"]
+    if encoder.startswith("tu-hrnet"):
+        return [f"{SEGMODEL}.encoder_name=tu-hrnet_w18_small"]  # the base's decoder (HRNetV2 concat or conv)
     if encoder.startswith("mit_"):
         return [f"{SEGMODEL}.encoder_name=mit_b0", f"{SEGMODEL}.decoder_channels=16"]
     return [f"{SEGMODEL}.encoder_name=resnet18", f"{SEGMODEL}.decoder_channels=16"]
@@ -87,6 +89,7 @@ def test_paper_table_runs_through_the_runner(path: Path, tmp_path: Path, in_repo
     run_table(path, tmp_path / "out", rows=list(dict.fromkeys([ablation.baseline, ablation.rows[-1].name])))
 
 
+@pytest.mark.slow
 @pytest.mark.tables
 @pytest.mark.parametrize("path", PAPER_TABLES, ids=table_id)
 def test_paper_table_every_row_runs_through_the_runner(path: Path, tmp_path: Path, in_repo: None) -> None:

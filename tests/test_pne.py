@@ -236,6 +236,7 @@ OPTIONS = [
     {"individual_anchor_sets": False, "empty_negatives": "anchors"},
     {"corresponding_negatives": False},
     {"individual_anchor_sets": False, "corresponding_negatives": False, "form": "infonce"},
+    {"corresponding_negatives": False, "empty_negatives": "anchors"},
 ]
 
 
@@ -264,6 +265,28 @@ def test_loop_cases_exercise_empty_negatives(individual_anchor_sets):
     skip = PNELoss(sampling="first", empty_negatives="skip", **kw)(embeddings, logits, labels)
     anchors = PNELoss(sampling="first", empty_negatives="anchors", **kw)(embeddings, logits, labels)
     assert abs(skip.item() - anchors.item()) > 1e-3
+
+
+@pytest.mark.parametrize("individual_anchor_sets", [True, False])
+def test_hard_negatives_with_no_other_class_templates_match_the_loop(individual_anchor_sets):
+    """CN off and only class 0 ever predicted right: no set has negatives. "skip" gives 0 (with a graph),
+    "anchors" contrasts each set with its own anchors; value and gradient match the loop."""
+    g = torch.Generator().manual_seed(7)
+    labels = torch.randint(0, 3, (2, 6, 7), generator=g)
+    right = torch.rand(2, 6, 7, generator=g) < 0.5
+    preds = torch.where(labels == 0, torch.where(right, 0, 1 + (torch.rand(2, 6, 7, generator=g) < 0.5).long()), 0)
+    logits = torch.randn(2, 3, 6, 7, generator=g) + 4 * F.one_hot(preds, 3).permute(0, 3, 1, 2)
+    embeddings = torch.randn(2, 5, 6, 7, generator=g)
+    kw = {"samples_per_set": 3, "max_anchor_set": None, "corresponding_negatives": False,
+          "individual_anchor_sets": individual_anchor_sets}
+    skip = PNELoss(sampling="first", empty_negatives="skip", **kw)(embeddings.requires_grad_(), logits, labels)
+    assert skip.item() == 0.0 and skip.requires_grad
+    ours_input, ref_input = embeddings.detach().clone().requires_grad_(), embeddings.detach().double().requires_grad_()
+    ours = PNELoss(sampling="first", empty_negatives="anchors", **kw)(ours_input, logits, labels)
+    ref = reference_pne(ref_input, logits.double(), labels, empty_negatives="anchors", **kw)
+    assert ref.item() > 0 and ours.item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
+    ours.backward(), ref.backward()
+    torch.testing.assert_close(ours_input.grad, ref_input.grad.float(), atol=1e-5, rtol=1e-4)
 
 
 def test_random_sampling_is_seeded_and_equals_first_when_sets_tile_exactly():

@@ -184,7 +184,7 @@ class PNELoss(nn.Module):
             qualifies = (set_size > 0) & template_ok[set_image * K + set_class]
             if self.max_anchor_set is not None:
                 qualifies &= set_size <= self.max_anchor_set
-            union_share = None
+            union_share = negatives_exist = None
             if self.corresponding_negatives and not self.individual_anchor_sets:
                 # IAS off: the pooled set S_k shares one negative set, the union of N_{l,l} over the classes l its
                 # pixels were predicted as; each class weighs its share of the union's pixels [B, K (set), K (l)]
@@ -194,9 +194,9 @@ class PNELoss(nn.Module):
                 union_pixels = torch.where(union, counts[:num_templates].reshape(B, 1, K), 0)
                 union_share = union_pixels / union_pixels.sum(dim=2, keepdim=True).clamp_min(1)
                 negatives_exist = union.any(dim=2).reshape(B * K)
-            else:
-                negatives_exist = template_ok[set_image * K + set_pred]  # per set; unused with CN off
-            if self.empty_negatives == "skip" and self.corresponding_negatives:
+            elif self.corresponding_negatives:
+                negatives_exist = template_ok[set_image * K + set_pred]  # N_{l,l} of each set S_{l,k}
+            if self.empty_negatives == "skip" and negatives_exist is not None:
                 qualifies &= negatives_exist
             # A set of n members is tiled or cut to S samples: its min(n, S) distinct members stand for them with
             # multiplicities, and are processed in chunks of C anchors against the set's S positives / negatives.
@@ -308,8 +308,10 @@ class PNELoss(nn.Module):
         inside = (slot < S)[..., None]
         dense = anchors.new_zeros(B, K, S, D).index_put((image, cls, position), anchors * inside, accumulate=True)
         every = dense.reshape(B, K * S, D) @ templates.reshape(B, K * S, D).transpose(1, 2) / self.temperature
-        # classes outside the union get a finite -1e4 (exp underflows to 0; an empty union keeps finite gradients)
-        log_share = torch.where(union_share > 0, union_share.log(), -1e4)[:, :, None, :, None]  # [B, K, 1, K, 1]
+        # classes outside the union get a finite log weight far below any |a.t / tau| <= 1 / tau (exp underflows to 0;
+        # an empty union keeps finite gradients)
+        outside = -(1e4 + 2 / self.temperature)
+        log_share = torch.where(union_share > 0, union_share.log(), outside)[:, :, None, :, None]  # [B, K, 1, K, 1]
         log_sum = (every.reshape(B, K, S, K, S) + log_share).flatten(3).logsumexp(dim=-1)  # [B, K, S]
         return log_sum[image, cls, position]
 

@@ -174,7 +174,8 @@ class Baseline(L.LightningModule):
             terms = extra(outputs, labels)
             if not terms.keys().isdisjoint(losses):
                 raise ValueError(f"extra_losses: {type(extra).__name__} returned loss terms "
-                                 f"{sorted(terms.keys() & losses.keys())} that the method already computes")
+                                 f"{sorted(terms.keys() & losses.keys())} that another loss term already uses "
+                                 f"(the method's or an earlier extra loss's); each term needs its own name")
             losses.update(terms)
         total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
         batch_size = images.shape[0]
