@@ -329,6 +329,14 @@ def test_image_class_means_match_per_image_loop(resolution: str):
     assert memory.initialized.sum() == 0  # a read-only pass
 
 
+def test_image_class_means_reject_labels_out_of_range():
+    memory = FeatureMemory(4, 5)
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[1, 0, 0] = 4  # would alias class 0 of a third image
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\) or 255"):
+        memory.image_class_means(torch.randn(2, 5, 4, 4), labels)
+
+
 def _batches(count: int, num_classes: int = 4) -> list[dict]:
     generator = torch.Generator().manual_seed(1)
     batches = []

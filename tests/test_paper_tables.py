@@ -15,17 +15,14 @@ import pytest
 import yaml
 
 from segcentroids.ablate import load_ablation, main
-from tests.conftest import CONFIGS, REPO, TINY_DATA
+from tests.conftest import CONFIGS, REPO, TINY_RUN
 
 PAPER_TABLES = sorted(p for p in (CONFIGS / "ablations").rglob("*.yaml") if p.parent != CONFIGS / "ablations")
 TINY = [
-    f"--data={TINY_DATA}",
-    # a paper config's crop, scales, slide windows, GPU strategy and encoder give way to the tiny CPU run
-    "--data.init_args.crop_size=null", "--data.init_args.scale=null", "--data.init_args.test_scale=null",
-    "--model.init_args.inference.mode=whole",
-    "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.sync_batchnorm=false",
+    *TINY_RUN,  # the runner gives each row its own run folder
+    # a paper config's slide windows, GPU strategy and pretrained encoder give way to the tiny CPU run
+    "--model.init_args.inference.mode=whole", "--trainer.strategy=auto", "--trainer.sync_batchnorm=false",
     "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
-    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     "--model.init_args.segmodel.init_args.encoder_weights=null",
 ]
 SEGMODEL = "--model.init_args.segmodel.init_args"

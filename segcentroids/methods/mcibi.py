@@ -20,9 +20,9 @@ from segcentroids.callbacks.momentum import MomentumSchedule
 from segcentroids.losses.memory_consistency import representation_consistency_loss
 from segcentroids.methods.base import Baseline
 from segcentroids.nn.dataset_context import ClassHead, ContextFusion, DatasetContextAggregation
-from segcentroids.nn.memory import FeatureMemory
+from segcentroids.nn.memory import INITS, FeatureMemory
 
-MEMORY_INITS = ("first_batch_mean", "random_pixel", "clustering")
+MEMORY_INITS = (*INITS, "clustering")
 NO_CONTEXT_ARCHS = ("fcn", "identity")
 """SegModel archs without a within-image context module: MCIBI uses their encoder only (paper: FCN)."""
 

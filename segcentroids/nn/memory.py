@@ -101,13 +101,20 @@ class FeatureMemory(nn.Module):
     @torch.no_grad()
     def image_class_means(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Plain mean of each class's pixel features in each image, at the update resolution: `[B, K, C]` (zero
-        where absent) and the presence mask `[B, K]` (bool). For an initialisation pass, not a training step."""
-        plain = FeatureMemory(self.num_classes, self.channels, weighting="mean",
-                              update_resolution=self.update_resolution, ignore_index=self.ignore_index)
-        plain = plain.to(features.device)  # uninitialised rows and "mean": every valid pixel weighs 1
-        stats = [plain.class_statistics(f[None], y[None]) for f, y in zip(features.detach().float(), labels)]
-        sums = torch.stack([s for s, _ in stats])
-        totals = torch.stack([t for _, t in stats])
+        where absent) and the presence mask `[B, K]` (bool). For an initialisation pass, not a training step.
+
+        One `class_statistics` call of a plain (`"mean"`, uninitialised) memory of B * K rows: class k of image b is
+        row `b * K + k`, ignore pixels are -1."""
+        batch, K = labels.shape[0], self.num_classes
+        valid = labels != self.ignore_index
+        if bool((valid & ((labels < 0) | (labels >= K))).any()):  # one check per batch of the pass
+            raise ValueError(f"FeatureMemory: labels must be in [0, {K}) or {self.ignore_index}")
+        image = torch.arange(batch, device=labels.device)[:, None, None]
+        per_image = torch.where(valid, labels + image * K, -1)
+        plain = FeatureMemory(batch * K, self.channels, weighting="mean", update_resolution=self.update_resolution,
+                              ignore_index=-1).to(features.device)
+        sums, totals = plain.class_statistics(features.detach().float(), per_image)
+        sums, totals = sums.view(batch, K, -1), totals.view(batch, K)
         return sums / totals.clamp_min(1.0)[..., None], totals > 0
 
     @torch.no_grad()
