@@ -16,8 +16,22 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from segcentroids.callbacks import SegPredictionWriter, ValidationImageLogger
 from segcentroids.data import SegDataModule
 from segcentroids.methods import Baseline
+from segcentroids.models.pretrained import encoder_normalization
 
 DEFAULT_RUN_DIR = "runs/default"
+
+
+def follow_encoder_normalization(config) -> None:
+    """Set the DataModule's ``mean`` / ``std`` left at None to the normalisation of the model's encoder."""
+    data_args = config.get("data.init_args")
+    encoder_name = config.get("model.init_args.segmodel.init_args.encoder_name")
+    if data_args is None or encoder_name is None or "mean" not in data_args:
+        return
+    mean, std = encoder_normalization(encoder_name)
+    if data_args.mean is None:
+        data_args.mean = mean
+    if data_args.std is None:
+        data_args.std = std
 
 
 class SegCLI(LightningCLI):
@@ -58,7 +72,8 @@ class SegCLI(LightningCLI):
             self.config = self.parser.parse_args(self._raw_args, namespace=self.config)
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        follow_encoder_normalization(config)
         trainer = config.trainer
         if trainer.default_root_dir is None:
             trainer.default_root_dir = DEFAULT_RUN_DIR

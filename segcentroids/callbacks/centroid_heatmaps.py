@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segcentroids.callbacks.images import denormalize
+from segcentroids.callbacks.images import denormalize, normalization_of
 
 
 def centroid_similarity_maps(features: Tensor, centroids: Tensor) -> Tensor:
@@ -80,7 +80,7 @@ class CentroidHeatmapLogger(L.Callback):
         maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False).cpu().numpy()
         panels = []
         for image, label, cls, group_maps in zip(images, labels, classes.tolist(), maps):
-            rgb = denormalize(image)
+            rgb = denormalize(image, *normalization_of(trainer))
             if rgb.shape[:2] != (height, width):
                 rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
             mask = np.repeat(((label == cls).cpu().numpy() * 255).astype(np.uint8)[..., None], 3, axis=2)

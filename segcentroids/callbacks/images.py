@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from segcentroids.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
@@ -37,12 +36,19 @@ def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index:
     return table[labels.astype(np.int64)]
 
 
-def denormalize(image: Tensor) -> np.ndarray:
-    """ImageNet-normalised `[3, H, W]` tensor -> uint8 `[H, W, 3]`."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
+def denormalize(image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+                ) -> np.ndarray:
+    """`[3, H, W]` tensor normalised with `mean`/`std` (fractions of 255) -> uint8 `[H, W, 3]`."""
+    mean = torch.tensor(mean, device=image.device).view(3, 1, 1)
+    std = torch.tensor(std, device=image.device).view(3, 1, 1)
     rgb = ((image.float() * std + mean).clamp(0, 1) * 255).round().byte()
     return rgb.permute(1, 2, 0).cpu().numpy()
+
+
+def normalization_of(trainer: L.Trainer) -> tuple[Sequence[float], Sequence[float]]:
+    """(mean, std) the DataModule normalised the images with (ImageNet's without a DataModule)."""
+    datamodule = trainer.datamodule
+    return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
 
 
 def palette_of(trainer: L.Trainer, num_classes: int) -> list[tuple[int, int, int]]:
@@ -71,7 +77,7 @@ class ValidationImageLogger(L.Callback):
             if len(self._panels) >= self.num_images:
                 break
             label_np, pred_np = label.cpu().numpy(), pred.cpu().numpy()
-            rgb = denormalize(image)
+            rgb = denormalize(image, *normalization_of(trainer))
             if rgb.shape[:2] != label_np.shape:
                 rgb = cv2.resize(rgb, (label_np.shape[1], label_np.shape[0]), interpolation=cv2.INTER_LINEAR)
             panel = np.concatenate([rgb, colorize(label_np, palette, ignore), colorize(pred_np, palette, ignore)], 1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from segcentroids.data.transforms import build_test_transform, build_train_transform
+from segcentroids.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -237,6 +237,9 @@ class SegDataModule(L.LightningDataModule):
         predict_dir: folder of images for ``predict``.
         check_files: read every file of the used splits in ``setup`` (readable, sizes match, label values valid)
             so bad input fails before training rather than in the middle of an epoch.
+        mean, std: per-channel normalisation of the images, as fractions of 255. ``None``: the encoder's (the
+            ``segcentroids`` command fills them in from ``model.init_args.segmodel``'s ``encoder_name``: 0.5 / 0.5
+            for EfficientNet-Lite, ImageNet's for ResNets), or ImageNet's outside the command.
     """
 
     CLASS_NAMES: tuple[str, ...] = ()
@@ -263,6 +266,8 @@ class SegDataModule(L.LightningDataModule):
         test_scale: tuple[int, int] | None = None,
         predict_dir: str | Path | None = None,
         check_files: bool = False,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
     ) -> None:
         super().__init__()
         self.root = None if root is None else Path(root)
@@ -280,6 +285,10 @@ class SegDataModule(L.LightningDataModule):
         self.test_scale = test_scale
         self.predict_dir = None if predict_dir is None else Path(predict_dir)
         self.check_files = check_files
+        self.mean = tuple(IMAGENET_MEAN if mean is None else mean)
+        self.std = tuple(IMAGENET_STD if std is None else std)
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean}, std={std}")
         self.datasets: dict[str, Dataset] = {}
 
     @property
@@ -322,6 +331,8 @@ class SegDataModule(L.LightningDataModule):
             photometric=self.photometric,
             ignore_index=self.ignore_index,
             flip=self.flip_transform(),
+            mean=self.mean,
+            std=self.std,
         )
         transform.set_random_seed(torch.initial_seed() % 2**32)
         return transform
@@ -332,7 +343,7 @@ class SegDataModule(L.LightningDataModule):
 
     def test_transform(self) -> A.Compose:
         """The evaluation/predict pipeline (image only)."""
-        return build_test_transform(self.test_scale)
+        return build_test_transform(self.test_scale, self.mean, self.std)
 
     def build_dataset(self, split: str) -> Dataset:
         """The dataset of ``split``: training pipeline for "train", evaluation pipeline otherwise."""

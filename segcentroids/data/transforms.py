@@ -7,6 +7,7 @@ image is resized keeping its aspect ratio so that it fits inside that scale.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
@@ -17,6 +18,7 @@ from albumentations.pytorch import ToTensorV2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""The ImageNet normalisation (fractions of 255): the default, and what smp's own encoders were trained with."""
 
 
 def pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -222,12 +224,15 @@ def build_train_transform(
     photometric: bool = True,
     ignore_index: int = 255,
     flip: A.BasicTransform | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> A.Compose:
     """The mmsegmentation training pipeline; outputs a normalised ``[3, *crop_size]`` image and a ``crop_size`` mask.
 
     Random keep-ratio resize of ``scale`` (long, short) by a ratio in ``ratio_range`` (``scale=None``: of the image's
     own size), cat-max-ratio random crop, horizontal flip (``flip`` replaces ``HorizontalFlip(p=flip_prob)``, e.g. a
-    flip that also swaps left/right classes), photometric distortion, ImageNet normalisation, then padding at the
+    flip that also swaps left/right classes), photometric distortion, normalisation with ``mean``/``std`` (fractions
+    of 255; ImageNet's by default), then padding at the
     bottom/right to exactly ``crop_size`` with 0 in the normalised image and ``ignore_index`` in the mask.
     """
     crop_height, crop_width = pair(crop_size)
@@ -242,7 +247,7 @@ def build_train_transform(
     if photometric:
         steps.append(PhotoMetricDistortion())
     steps += [
-        LookupNormalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
+        LookupNormalize(mean=mean, std=std, max_pixel_value=255.0),
         A.PadIfNeeded(
             min_height=crop_height,
             min_width=crop_width,
@@ -256,13 +261,15 @@ def build_train_transform(
     return A.Compose(steps)
 
 
-def build_test_transform(scale: tuple[int, int] | None) -> A.Compose:
-    """Test pipeline for the image only: keep-ratio resize to ``scale`` (long, short; ``None``: no resize), normalise.
+def build_test_transform(scale: tuple[int, int] | None, mean: Sequence[float] = IMAGENET_MEAN,
+                         std: Sequence[float] = IMAGENET_STD) -> A.Compose:
+    """Test pipeline for the image only: keep-ratio resize to ``scale`` (long, short; ``None``: no resize), normalise
+    with ``mean``/``std``.
 
     Call it as ``transform(image=image)``: the label stays at its stored size, where the evaluation happens.
     """
     steps: list[A.BasicTransform] = []
     if scale is not None:
         steps.append(KeepRatioResize(scale))
-    steps += [LookupNormalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()]
+    steps += [LookupNormalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segcentroids.callbacks.images import colorize, denormalize, palette_of
+from segcentroids.callbacks.images import colorize, denormalize, normalization_of, palette_of
 from segcentroids.methods.base import Baseline
 from segcentroids.nn.pyramid_heads import CONTEXTS, OUTPUTS, SemanticPyramidHead, UnityHead
 from segcentroids.ops.pyramid import (
@@ -237,7 +237,7 @@ class SpecializeFuse(Baseline):
         num_levels = len(self.strides)
         ramp = np.linspace(0.0, 1.0, num_levels)[:, None]
         level_palette = ((1 - ramp) * np.array([68, 1, 84]) + ramp * np.array([253, 231, 37])).astype(np.uint8)
-        rgb = denormalize(image)
+        rgb = denormalize(image, *normalization_of(self.trainer))
         panels = [colorize(label.cpu().numpy(), palette, self.ignore_index),
                   colorize(pred.cpu().numpy(), palette, self.ignore_index),
                   colorize(level.cpu().numpy(), level_palette.tolist(), 255)]

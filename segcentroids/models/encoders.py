@@ -14,6 +14,14 @@ import torch
 from segmentation_models_pytorch.encoders.mix_transformer import MixVisionTransformerEncoder
 from torch import nn
 
+from .pretrained import (
+    PACKAGED_ENCODERS,
+    PACKAGED_WEIGHTS_NAME,
+    check_download_possible,
+    download_unavailable,
+    load_packaged_weights,
+)
+
 NATIVE_STRIDE = 32
 VIT_INTERMEDIATES = 4
 
@@ -62,6 +70,15 @@ def _not_dilatable(encoder_name: str, stride: int, purpose: str, reason: str) ->
     return ValueError(f"encoder {encoder_name!r} cannot run at output stride {stride} ({purpose}): {reason}")
 
 
+def _download_failed(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is a failed download (the hub raises ``OSError``s)."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def build_encoder(
     encoder_name: str,
     in_channels: int,
@@ -75,7 +92,37 @@ def build_encoder(
     ``purpose`` names who asks for the stride, for error messages. ``encoder_kwargs`` go to ``timm.create_model``
     (``tu-`` encoders only; ignored with a warning otherwise). The returned module has ``out_channels`` (list) and
     ``output_stride`` (deepest stage).
+
+    ``weights``: ``"imagenet"`` for the encoders in ``PACKAGED_ENCODERS`` loads the weights their wheels ship (no
+    network); any other non-null value needs a download (smp's weight names; for ``tu-`` encoders timm's default tag)
+    and fails at once, in one line, when the hub cannot be reached.
     """
+    if encoder_name in PACKAGED_ENCODERS and weights is not None:
+        if weights != PACKAGED_WEIGHTS_NAME:
+            raise ValueError(f"encoder_weights for encoder {encoder_name!r} must be {PACKAGED_WEIGHTS_NAME!r} (the "
+                             f"ImageNet weights shipped in a package) or null, got {weights!r}")
+        encoder = build_encoder(encoder_name, in_channels, None, stride, purpose, encoder_kwargs)
+        load_packaged_weights(encoder, encoder_name)
+        return encoder
+    if weights is not None:
+        check_download_possible(encoder_name, weights)
+        try:
+            return _build_encoder(encoder_name, in_channels, weights, stride, purpose, encoder_kwargs)
+        except Exception as error:
+            if _download_failed(error):
+                raise download_unavailable(encoder_name, weights, f"which failed ({error})") from None
+            raise
+    return _build_encoder(encoder_name, in_channels, weights, stride, purpose, encoder_kwargs)
+
+
+def _build_encoder(
+    encoder_name: str,
+    in_channels: int,
+    weights: str | None,
+    stride: int | None,
+    purpose: str,
+    encoder_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
     kwargs = dict(encoder_kwargs or {})
     if not encoder_name.startswith("tu-"):
         if kwargs:  # e.g. a timm encoder's config run small with an smp encoder: say so, do not fail
@@ -83,7 +130,7 @@ def build_encoder(
                 f"encoder_kwargs {sorted(kwargs)} are ignored: they go to timm and only apply to 'tu-' encoders, "
                 f"not to encoder {encoder_name!r}",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if encoder_name not in smp.encoders.encoders:
             raise ValueError(
