@@ -80,7 +80,7 @@ class CentroidHeatmapLogger(L.Callback):
         maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False).cpu().numpy()
         panels = []
         for image, label, cls, group_maps in zip(images, labels, classes.tolist(), maps):
-            rgb = denormalize(image, *normalization_of(trainer))
+            rgb = denormalize(image, *normalization_of(pl_module._trainer))
             if rgb.shape[:2] != (height, width):
                 rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
             mask = np.repeat(((label == cls).cpu().numpy() * 255).astype(np.uint8)[..., None], 3, axis=2)

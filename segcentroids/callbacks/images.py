@@ -45,9 +45,9 @@ def denormalize(image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Seque
     return rgb.permute(1, 2, 0).cpu().numpy()
 
 
-def normalization_of(trainer: L.Trainer) -> tuple[Sequence[float], Sequence[float]]:
-    """(mean, std) the DataModule normalised the images with (ImageNet's without a DataModule)."""
-    datamodule = trainer.datamodule
+def normalization_of(trainer: L.Trainer | None) -> tuple[Sequence[float], Sequence[float]]:
+    """(mean, std) the DataModule normalised the images with (ImageNet's without a trainer or DataModule)."""
+    datamodule = None if trainer is None else trainer.datamodule
     return getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD)
 
 
