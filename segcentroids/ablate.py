@@ -47,6 +47,7 @@ class Row:
     name: str
     overrides: list[str]
     slug: str
+    baseline: str | None = None  # the row its deltas are measured against (None: the table's `baseline`)
 
 
 @dataclass
@@ -154,12 +155,13 @@ def load_ablation(path: str | Path, check_files: bool = True) -> Ablation:
     for i, raw in enumerate(raw_rows):
         if not isinstance(raw, dict) or "name" not in raw:
             raise AblationFormatError(f"{path}: rows[{i}] must be a mapping with 'name' and 'overrides', got {raw!r}")
-        extra = sorted(set(raw) - {"name", "overrides"})
+        extra = sorted(set(raw) - {"name", "overrides", "baseline"})
         if extra:
             raise AblationFormatError(f"{path}: rows[{i}] ({raw['name']!r}): unknown key(s) {extra}")
         name = str(raw["name"])
         row_overrides = _string_list(raw.get("overrides"), f"{path}: rows[{i}] ({name!r}) 'overrides'", options=True)
-        rows.append(Row(name, row_overrides, slugify(name)))
+        row_baseline = raw.get("baseline")
+        rows.append(Row(name, row_overrides, slugify(name), None if row_baseline is None else str(row_baseline)))
     for key in ("name", "slug"):
         seen: dict[str, str] = {}
         for row in rows:
@@ -173,6 +175,10 @@ def load_ablation(path: str | Path, check_files: bool = True) -> Ablation:
     baseline = str(data.get("baseline", names[0]))
     if baseline not in names:
         raise AblationFormatError(f"{path}: 'baseline' {baseline!r} is not a row name; rows: {names}")
+    for i, row in enumerate(rows):
+        if row.baseline is not None and row.baseline not in names:
+            raise AblationFormatError(f"{path}: rows[{i}] ({row.name!r}) 'baseline' {row.baseline!r} is not a row "
+                                      f"name; rows: {names}")
 
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -379,20 +385,23 @@ def _first(runs: list[dict], key: str) -> float | None:
 
 
 def summarize(results: dict[str, list[dict]], rows: list[str], baseline: str, metrics: list[str],
-              paper: dict[str, dict[str, float]], seeds_per_row: int) -> list[dict]:
+              paper: dict[str, dict[str, float]], seeds_per_row: int,
+              row_baselines: dict[str, str] | None = None) -> list[dict]:
     """The table's numbers: per row and metric, the mean and sample std (ddof=1) over seeds, the delta of the means
-    to the baseline row, the paper's number and its delta to the paper's baseline; params (millions) and inference
-    GFLOPs of the row's first finished run; the row's mean step time over the baseline's."""
+    to the row's baseline (`row_baselines[row]`, else `baseline`), the paper's number and its delta to the paper's
+    number of that baseline; params (millions) and inference GFLOPs of the row's first finished run; the row's mean
+    step time over its baseline's."""
     table = []
-    base_runs = results.get(baseline, [])
     for name in rows:
+        row_baseline = (row_baselines or {}).get(name) or baseline
+        base_runs = results.get(row_baseline, [])
         runs = results.get(name, [])
-        line: dict[str, object] = {"row": name, "runs": f"{len(runs)}/{seeds_per_row}"}
+        line: dict[str, object] = {"row": name, "runs": f"{len(runs)}/{seeds_per_row}", "baseline": row_baseline}
         for metric in metrics:
             mean, std = _mean_std([r.get(metric) for r in runs])
             base_mean, _ = _mean_std([r.get(metric) for r in base_runs])
             ours_paper = paper.get(name, {}).get(metric)
-            base_paper = paper.get(baseline, {}).get(metric)
+            base_paper = paper.get(row_baseline, {}).get(metric)
             line[metric] = mean
             line[f"{metric} std"] = std
             line[f"{metric} delta"] = None if mean is None or base_mean is None else mean - base_mean
@@ -426,8 +435,13 @@ def format_markdown(title: str, table: list[dict], metrics: list[str], baseline:
     header += ["params (M)", "GFLOPs", "step time ×"]
     lines = [f"**{title}** (Δ against `{baseline}`)", "", "| " + " | ".join(header) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
+    baselines = {line.get("baseline", baseline) for line in table}
     for line in table:
-        cells = [str(line["row"]) + (" (baseline)" if line["row"] == baseline else ""), str(line["runs"])]
+        own = line.get("baseline", baseline)
+        note = " (baseline)" if line["row"] in baselines else ""
+        if own != baseline and line["row"] != own:
+            note += f" (Δ against `{own}`)"
+        cells = [str(line["row"]) + note, str(line["runs"])]
         for metric in metrics:
             mean, std = line[metric], line[f"{metric} std"]
             cells.append(_fmt(mean) + ("" if std is None else f" ± {std:.2f}"))
@@ -457,7 +471,8 @@ def collect(ablation: Ablation, tasks: list[Task], out: Path) -> str:
             results.setdefault(task.row.name, []).append(record)
     rows = list(dict.fromkeys(task.row.name for task in tasks))
     seeds = len({task.seed for task in tasks})
-    table = summarize(results, rows, ablation.baseline, ablation.metrics, ablation.paper, seeds)
+    row_baselines = {row.name: row.baseline for row in ablation.rows if row.baseline is not None}
+    table = summarize(results, rows, ablation.baseline, ablation.metrics, ablation.paper, seeds, row_baselines)
     markdown = format_markdown(ablation.title, table, ablation.metrics, ablation.baseline)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown)

@@ -85,6 +85,26 @@ def test_summarize_against_a_hand_computation() -> None:
     assert "| base (baseline) | 2/2 | 41.00 ± 1.41 | +0.00 | 40.00 (+0.00) |" in markdown
 
 
+def test_rows_measured_against_their_own_baseline(tmp_path: Path) -> None:
+    results = {"fpn": [{"m": 50.0, "step_time_s": 1.0}], "d16": [{"m": 40.0, "step_time_s": 2.0}],
+               "memory": [{"m": 43.0, "step_time_s": 3.0}], "other": [{"m": 52.0, "step_time_s": 1.5}]}
+    paper = {"d16": {"m": 41.0}, "memory": {"m": 42.5}}
+    lines = summarize(results, ["fpn", "d16", "memory", "other"], "fpn", ["m"], paper, 1, {"memory": "d16"})
+    table = {line["row"]: line for line in lines}
+    assert table["memory"]["m delta"] == pytest.approx(3.0)  # 43 - 40, not 43 - 50
+    assert table["memory"]["m paper delta"] == pytest.approx(1.5)  # 42.5 - 41
+    assert table["memory"]["step time x"] == pytest.approx(1.5)  # 3 / 2
+    assert table["other"]["m delta"] == pytest.approx(2.0) and table["d16"]["m delta"] == pytest.approx(-10.0)
+    markdown = format_markdown("T", lines, ["m"], "fpn")
+    assert "| memory (Δ against `d16`) | 1/1 | 43.00 | +3.00 |" in markdown
+    assert "| d16 (baseline) | 1/1 | 40.00 | -10.00 |" in markdown
+
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump({"title": "T", "base": ["configs/quickstart.yaml"], "rows": [
+        {"name": "a", "overrides": []}, {"name": "b", "overrides": [], "baseline": "c"}]}))
+    with pytest.raises(AblationFormatError, match=r"rows\[1\] \('b'\) 'baseline' 'c' is not a row name"):
+        load_ablation(path, check_files=False)
+
 def test_inference_cost_counts_flops_and_only_the_parameters_inference_uses() -> None:
     class WithTrainingHead(nn.Module):
         def __init__(self) -> None:
