@@ -290,6 +290,23 @@ def test_oracle_restricts_predictions_to_ground_truth(segmodel, label_selection)
     assert torch.isfinite(losses["ce"])
 
 
+def test_oracle_eval_follows_the_batch_through_chunked_whole_image_inference(segmodel):
+    """A batch of 4 evaluated 1 image at a time (window_batch_size=1) keeps each image's own ground-truth classes,
+    as one forward of each image alone does; flips (a second forward of each image) are refused."""
+    model = _mlseg(segmodel, oracle_eval=True, kappa=6, label_selection=False).eval()
+    model.inference.window_batch_size = 1
+    images = torch.randn(4, 3, 32, 32)
+    labels = torch.stack([torch.full((32, 32), c) for c in (0, 2, 2, 5)])
+    with torch.no_grad():
+        result = model._eval_with_oracle(lambda batch, i: {"preds": model.infer(batch["image"], (32, 32)).argmax(1)},
+                                         {"image": images, "mask": labels}, 0)
+    for b, cls in enumerate((0, 2, 2, 5)):
+        assert set(result["preds"][b].unique().tolist()) == {cls}
+    model.inference.flip = True
+    with pytest.raises(ValueError, match="oracle_eval needs one whole-image forward of each image"):
+        model._eval_with_oracle(lambda batch, i: {"preds": model.infer(batch["image"], (32, 32))},
+                                {"image": images, "mask": labels}, 0)
+
 def _average_precision(scores: list[float], positives: list[bool]) -> float:
     """AP of one class: mean precision at the rank of each positive (scores sorted down; no ties)."""
     order = sorted(range(len(scores)), key=lambda i: -scores[i])

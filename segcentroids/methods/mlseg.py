@@ -142,6 +142,7 @@ class MLSeg(Baseline):
             }) for split in ("val", "test")
         }) if multi_task else None
         self._oracle_targets: Tensor | None = None
+        self._oracle_offset = 0  # whole-image inference runs the batch in chunks (window_batch_size), in order
         self._eval_scores: Tensor | None = None
 
     # ----------------------------------------------------------------------------------------------- the model
@@ -168,11 +169,16 @@ class MLSeg(Baseline):
 
     def classify(self, features: Tensor) -> Tensor:
         """K-channel logits; unselected classes sit far below every selected one. In evaluation with
-        `oracle_eval`, only the classes of the current batch's ground truth are kept."""
+        `oracle_eval`, only the classes of the current batch's ground truth are kept (the batch may come in chunks
+        of `inference.window_batch_size` images, in order)."""
         oracle = self._oracle_targets
-        if oracle is not None and oracle.shape[0] != features.shape[0]:
-            raise ValueError(f"oracle_eval needs whole-image inference: {features.shape[0]} inputs for "
-                             f"{oracle.shape[0]} label maps (inference.mode={self.inference.mode!r})")
+        if oracle is not None:
+            start, count = self._oracle_offset, features.shape[0]
+            if start + count > oracle.shape[0]:
+                raise ValueError(f"oracle_eval needs one whole-image forward of each image: {start + count} inputs "
+                                 f"for {oracle.shape[0]} label maps (inference.mode={self.inference.mode!r}, "
+                                 f"scales={list(self.inference.scales)}, flip={self.inference.flip})")
+            oracle, self._oracle_offset = oracle[start : start + count], start + count
         rank_logits, selected, scores = self.select_and_classify(features, oracle)
         if not self.training:
             self._eval_scores = scores
@@ -210,6 +216,7 @@ class MLSeg(Baseline):
             raise ValueError(f"oracle_eval needs inference.mode='whole', got {self.inference.mode!r}")
         if self.oracle_eval:
             self._oracle_targets = multi_hot_labels(batch["mask"], self.num_classes, self.ignore_index)
+            self._oracle_offset = 0
         try:
             result = step(batch, batch_idx)
         finally:
