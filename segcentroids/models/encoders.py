@@ -97,33 +97,28 @@ def build_encoder(
     network); any other non-null value needs a download (smp's weight names; for ``tu-`` encoders timm's default tag)
     and fails at once, in one line, when the hub cannot be reached.
     """
-    if encoder_name in PACKAGED_ENCODERS and weights is not None:
+    kwargs = dict(encoder_kwargs or {})
+    if weights is None:
+        return _build_encoder(encoder_name, in_channels, None, stride, purpose, kwargs)
+    if encoder_name in PACKAGED_ENCODERS:
         if weights != PACKAGED_WEIGHTS_NAME:
             raise ValueError(f"encoder_weights for encoder {encoder_name!r} must be {PACKAGED_WEIGHTS_NAME!r} (the "
                              f"ImageNet weights shipped in a package) or null, got {weights!r}")
-        encoder = build_encoder(encoder_name, in_channels, None, stride, purpose, encoder_kwargs)
+        encoder = _build_encoder(encoder_name, in_channels, None, stride, purpose, kwargs)
         load_packaged_weights(encoder, encoder_name)
         return encoder
-    if weights is not None:
-        check_download_possible(encoder_name, weights)
-        try:
-            return _build_encoder(encoder_name, in_channels, weights, stride, purpose, encoder_kwargs)
-        except Exception as error:
-            if _download_failed(error):
-                raise download_unavailable(encoder_name, weights, f"which failed ({error})") from None
-            raise
-    return _build_encoder(encoder_name, in_channels, weights, stride, purpose, encoder_kwargs)
+    check_download_possible(encoder_name, weights)
+    try:
+        return _build_encoder(encoder_name, in_channels, weights, stride, purpose, kwargs)
+    except Exception as error:
+        if _download_failed(error):
+            raise download_unavailable(encoder_name, weights, f"which failed ({error})") from None
+        raise
 
 
-def _build_encoder(
-    encoder_name: str,
-    in_channels: int,
-    weights: str | None,
-    stride: int | None,
-    purpose: str,
-    encoder_kwargs: dict[str, Any] | None = None,
-) -> nn.Module:
-    kwargs = dict(encoder_kwargs or {})
+def _build_encoder(encoder_name: str, in_channels: int, weights: str | None, stride: int | None, purpose: str,
+                   kwargs: dict[str, Any]) -> nn.Module:
+    """The encoder with ``weights`` as smp / timm take them (a download when not None)."""
     if not encoder_name.startswith("tu-"):
         if kwargs:  # e.g. a timm encoder's config run small with an smp encoder: say so, do not fail
             warnings.warn(
