@@ -27,6 +27,22 @@ def test_denormalize_inverts_imagenet_normalisation() -> None:
     assert np.abs(back.astype(int) - rgb.astype(int)).max() <= 1
 
 
+
+def test_denormalize_uses_the_datamodules_normalisation() -> None:
+    """Images normalised with EfficientNet-Lite's 0.5 / 0.5 come back with the DataModule's own values."""
+    from types import SimpleNamespace
+
+    from segcentroids.callbacks.images import normalization_of
+    from segcentroids.data import SyntheticDataModule
+
+    rgb = np.random.default_rng(1).integers(0, 256, (4, 6, 3)).astype(np.float32)
+    datamodule = SyntheticDataModule(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    normalised = datamodule.test_transform()(image=rgb.astype(np.uint8))["image"]
+    np.testing.assert_allclose(normalised.permute(1, 2, 0).numpy(), (rgb / 255 - 0.5) / 0.5, atol=1e-6)
+    back = denormalize(normalised, *normalization_of(SimpleNamespace(datamodule=datamodule)))
+    assert np.abs(back.astype(int) - rgb.astype(int)).max() <= 1
+    assert normalization_of(None) == (IMAGENET_MEAN, IMAGENET_STD)
+
 class RecordingExperiment:
     def __init__(self) -> None:
         self.images: dict[str, np.ndarray] = {}

@@ -201,3 +201,10 @@ def test_fit_with_pretrained_encoder_from_the_command_line(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     data = yaml.safe_load((tmp_path / "config.yaml").read_text())["data"]["init_args"]
     assert data["mean"] == [0.5, 0.5, 0.5] and data["std"] == [0.5, 0.5, 0.5]  # the run records what it used
+
+
+def test_bad_normalisation_is_named() -> None:
+    with pytest.raises(ValueError, match=r"mean and std need 3 values each, std > 0; got mean=\(0.5, 0.5\)"):
+        SegDataModule(mean=(0.5, 0.5))
+    with pytest.raises(ValueError, match="std=.0.5, 0.0, 0.5."):
+        SegDataModule(std=(0.5, 0.0, 0.5))
