@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from segcentroids.callbacks import SegPredictionWriter, ValidationImageLogger
 from segcentroids.data import SegDataModule
 from segcentroids.methods import Baseline
-from segcentroids.models.pretrained import encoder_normalization
+from segcentroids.models.pretrained import WeightsUnavailableError, causes, encoder_normalization
 
 DEFAULT_RUN_DIR = "runs/default"
 
@@ -92,14 +92,21 @@ def main(args: list[str] | None = None) -> None:
 
         raise SystemExit(check_main(argv[1:]))
     torch.set_float32_matmul_precision("high")
-    SegCLI(
-        Baseline,
-        SegDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args_list=args,
-    )
+    try:
+        SegCLI(
+            Baseline,
+            SegDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args_list=args,
+        )
+    except Exception as error:  # weights that cannot be had: their one line, not the parser's dump of the model
+        unavailable = next((c for c in causes(error) if isinstance(c, WeightsUnavailableError)), None)
+        if unavailable is None:
+            raise
+        print(f"segcentroids: error: {unavailable}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

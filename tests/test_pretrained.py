@@ -4,6 +4,7 @@ per-encoder normalisation; weights that would need a download fail at once in on
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -208,3 +209,18 @@ def test_bad_normalisation_is_named() -> None:
         SegDataModule(mean=(0.5, 0.5))
     with pytest.raises(ValueError, match="std=.0.5, 0.0, 0.5."):
         SegDataModule(std=(0.5, 0.0, 0.5))
+
+
+def test_command_with_unreachable_weights_fails_in_one_line(tmp_path: Path) -> None:
+    """As the user types it: weights that need the hub, with the hub unreachable (a name that cannot resolve)."""
+    env = {**os.environ, "HF_ENDPOINT": "https://hub.invalid", "HF_HUB_OFFLINE": "0"}
+    start = time.perf_counter()
+    result = subprocess.run([SCRIPT, "fit", "--config", str(CONFIGS / "quickstart.yaml"), *TINY_RUN,
+                             "--model.init_args.segmodel.init_args.encoder_weights=imagenet",
+                             f"--trainer.default_root_dir={tmp_path}", "--trainer.fast_dev_run=true"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1 and time.perf_counter() - start < 60
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert errors[0].startswith("segcentroids: error: encoder_weights: imagenet for encoder 'resnet18' needs a "
+                                "download, and the Hugging Face hub cannot be reached; available offline:")

@@ -17,6 +17,7 @@ from torch import nn
 from .pretrained import (
     PACKAGED_ENCODERS,
     PACKAGED_WEIGHTS_NAME,
+    causes,
     check_download_possible,
     download_unavailable,
     load_packaged_weights,
@@ -72,11 +73,7 @@ def _not_dilatable(encoder_name: str, stride: int, purpose: str, reason: str) ->
 
 def _download_failed(error: BaseException) -> bool:
     """Whether ``error`` (or an exception it was raised from) is a failed download (the hub raises ``OSError``s)."""
-    while error is not None:
-        if isinstance(error, OSError):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(isinstance(cause, OSError) for cause in causes(error))
 
 
 def build_encoder(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,6 +33,15 @@ HUB_PROBE_TIMEOUT_S = 3.0
 
 class WeightsUnavailableError(ValueError):
     """Pretrained weights that cannot be had: a download with no network, or a packaged file that is missing."""
+
+
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling, innermost last."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def offline_choices() -> str:
