@@ -6,7 +6,8 @@
 Every row x seed is one run folder `<out>/<row-slug>/seed<k>` holding a `fit` and then a `test` (or `validate`) of
 `segcentroids` with the row's arguments. Results are read back from the machine-readable files the runs write
 (the evaluation record's `eval/<command>-*/metrics/<split>.json` and `<split>_all.json`, the fit's
-`metrics/cost.json`), and the table is written to `<out>/table.md` and `<out>/table.csv`. The format of FILE is in docs/ablations.md.
+`metrics/cost.json`), and the table is written to `<out>/table.md` and `<out>/table.csv`. The format of FILE is
+in docs/ablations.md.
 """
 
 from __future__ import annotations
