@@ -99,6 +99,8 @@ def place_loggers(loggers: Any, record: Path, run: Path, resume: str | None = No
             continue
         if "save_dir" in init_args and init_args["save_dir"] in (None, ""):
             init_args["save_dir"] = str(record)
+        if class_name not in ("TensorBoardLogger", "CSVLogger"):
+            continue
         for key, defaults in LOGGER_NAME_DEFAULTS.items():
             if key in init_args and init_args[key] in defaults:
                 init_args[key] = ""

@@ -227,7 +227,7 @@ def test_dry_run_prints_commands_and_the_sbatch_script(tmp_path: Path, capsys: p
     assert len(fits) == 4 and len(tests) == 4
     assert f"--trainer.default_root_dir={out}/lower-lr/seed1" in fits[3] and "--seed_everything=1" in fits[3]
     assert "--model.init_args.optim.lr=0.0005 --trainer.max_steps=2" in fits[3]
-    assert f"--ckpt_path={out}/base/seed0/checkpoints/last.ckpt" in tests[0]
+    assert tests[0].endswith("--ckpt_path=last") and fits[0].endswith("--ckpt_path=last")
     assert "#SBATCH --array=0,1,2,3" in printed and "#SBATCH --partition=gpu" in printed
     srun = next(line for line in printed.splitlines() if line.startswith("srun "))
     assert "--task \"$SLURM_ARRAY_TASK_ID\" -- --trainer.max_steps=2" in srun and "'lower lr'" in srun
