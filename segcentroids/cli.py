@@ -225,13 +225,15 @@ class SegCLI(LightningCLI):
         if checkpoint is None:
             return
         self._check_method(checkpoint, config.model.class_path)
+        self._merge_checkpoint_hyperparameters(command)
+
+    def _merge_checkpoint_hyperparameters(self, command: str) -> None:
+        """Lightning's merge of the checkpoint's model hyper-parameters, then the command line again on top; only
+        the model section is taken from the result."""
         before = self.config.clone()
         super()._parse_ckpt_path()
         reparsed = self.parser.parse_args(self._raw_args, namespace=self.config)
         before[command].model = reparsed[command].model
-        before[command].ckpt_path = str(checkpoint)
-        before[command].trainer.default_root_dir = str(run)
-        before[command].checkpoint.dirpath = config.checkpoint.dirpath
         self.config = before
 
     def _check_method(self, checkpoint: Path, class_path: str) -> None:
