@@ -160,12 +160,18 @@ class Baseline(L.LightningModule):
         features = self.segmodel(images)
         logits = self.classify(features["decoder"])
         outputs = {"decoder": features["decoder"], "encoder_last": features["encoder"][-1], "logits": logits}
-        losses = {"ce": self.seg_loss(logits, labels)}
+        losses = {"ce": self.seg_loss(logits, labels), **self.auxiliary_losses(features, labels)}
+        return outputs, losses
+
+    def auxiliary_losses(self, features: dict[str, Tensor | list[Tensor]], labels: Tensor) -> dict[str, Tensor]:
+        """The SegModel's own supervision, the same for every method: the auxiliary FCN head on the encoder's third
+        stage (`aux`) and OCR's coarse object regions (`soft_regions`, as in mmseg's OCRNet)."""
+        losses = {}
         if self.aux_head is not None:
             losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
-        if "soft_regions" in features:  # OCR's coarse object regions, supervised as in mmseg's OCRNet
+        if "soft_regions" in features:
             losses["soft_regions"] = self.seg_loss(features["soft_regions"], labels)
-        return outputs, losses
+        return losses
 
     # ------------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> dict:

@@ -204,10 +204,7 @@ class MLSeg(Baseline):
         if scores is not None:
             losses["multilabel"] = self.multilabel_loss(scores, targets)
             outputs["multilabel_logits"] = scores
-        if self.aux_head is not None:
-            losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
-        if "soft_regions" in features:  # OCR's coarse object regions, as in the Baseline
-            losses["soft_regions"] = self.seg_loss(features["soft_regions"], labels)
+        losses.update(self.auxiliary_losses(features, labels))
         return outputs, losses
 
     # --------------------------------------------------------------------------------------------- evaluation

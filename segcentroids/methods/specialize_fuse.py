@@ -195,8 +195,7 @@ class SpecializeFuse(Baseline):
             ce.append(self.seg_loss(semantic[-1], semantic_targets[-1]))
             losses["ce"] = torch.stack(ce).mean()
             losses["unity"] = torch.stack([self._unity_bce(u, t) for u, t in zip(unity, unity_targets)]).mean()
-        if self.aux_head is not None:
-            losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
+        losses.update(self.auxiliary_losses(features, labels))  # with OCR's soft regions, which were missing here
         return outputs, losses
 
     # ------------------------------------------------------------------------------------ analysis (Table 9)
