@@ -184,12 +184,17 @@ class Baseline(L.LightningModule):
                                  f"{sorted(terms.keys() & losses.keys())} that another loss term already uses "
                                  f"(the method's or an earlier extra loss's); each term needs its own name")
             losses.update(terms)
-        total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+        total = self.total_loss(losses)
         batch_size = images.shape[0]
         for name, value in losses.items():
             self.log(f"train/loss/{name}", value.detach(), batch_size=batch_size)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
         return {"loss": total, "outputs": {k: v.detach() for k, v in outputs.items() if isinstance(v, Tensor)}}
+
+    def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """The training objective: the named loss terms weighted by `loss_weights` (1 for a term it does not name)
+        and summed; the training step, the tests and the benchmarks all use this one."""
+        return sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
 
     # ------------------------------------------------------------------------------------------- optimisation
     def param_group_mults(self, name: str, param: nn.Parameter, no_decay: bool) -> tuple[float, float]:
