@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import albumentations as A
 import cv2
@@ -20,9 +20,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from segcentroids.data.labels import IGNORE_INDEX
 from segcentroids.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
 
-IGNORE_INDEX = 255
+if TYPE_CHECKING:  # layouts builds on this module
+    from segcentroids.data.layouts import SplitScan
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 READ_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
 
@@ -333,8 +336,14 @@ class SegDataModule(L.LightningDataModule):
         return IGNORE_INDEX
 
     def list_split(self, split: str) -> list[FilePair]:
-        """The ``(image_path, label_path)`` pairs of ``split`` ("train", "val" or "test"); subclasses implement it."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement list_split")
+        """The ``(image_path, label_path)`` pairs of ``split`` ("train", "val" or "test"), raising naming every
+        unpaired or missing file: ``scan_split(split).checked()`` for the layouts that scan folders or lists
+        (``segcentroids.data.layouts``); CamVid pairs its own."""
+        return self.scan_split(split).checked()
+
+    def scan_split(self, split: str) -> SplitScan:
+        """What ``split``'s folders or list files hold (a subclass implements this or ``list_split``)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither scan_split nor list_split")
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:
