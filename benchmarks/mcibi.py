@@ -123,7 +123,7 @@ def bench_cost(arch: str, encoder: str, repeats: int, size: int, batch: int, num
         def run() -> None:
             model.train()
             outputs, losses = model.training_outputs(images, labels)
-            total = sum(model.loss_weights.get(k, 1.0) * v for k, v in losses.items())
+            total = model.total_loss(losses)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()

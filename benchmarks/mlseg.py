@@ -33,7 +33,7 @@ def train_step(model: Baseline, images: torch.Tensor, labels: torch.Tensor) -> N
     model.train()
     model.zero_grad(set_to_none=True)
     _, losses = model.training_outputs(images, labels)
-    sum(model.loss_weights.get(name, 1.0) * value for name, value in losses.items()).backward()
+    model.total_loss(losses).backward()
 
 
 def infer(model: Baseline, images: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ def train_step(model: Baseline, optimizer: torch.optim.Optimizer, images: torch.
     model.train()
     optimizer.zero_grad(set_to_none=True)
     _, losses = model.training_outputs(images, labels)
-    sum(model.loss_weights.get(name, 1.0) * value for name, value in losses.items()).backward()
+    model.total_loss(losses).backward()
     optimizer.step()
 
 

@@ -106,7 +106,7 @@ def bench_training(repeats: int, size: int, encoder: str, batch: int, num_classe
             outputs, losses = model.training_outputs(images, labels)
             for extra in model.extra_losses:
                 losses.update(extra(outputs, labels))
-            total = sum(model.loss_weights.get(n, 1.0) * v for n, v in losses.items())
+            total = model.total_loss(losses)
             optimizer.zero_grad()
             total.backward()
             optimizer.step()

@@ -5,8 +5,9 @@
 
 Every row x seed is one run folder `<out>/<row-slug>/seed<k>` holding a `fit` and then a `test` (or `validate`) of
 `segcentroids` with the row's arguments. Results are read back from the machine-readable files the runs write
-(`metrics/<split>.json`, `metrics/<split>_all.json`, `metrics/cost.json`), and the table is written to
-`<out>/table.md` and `<out>/table.csv`. The format of FILE is in docs/ablations.md.
+(the evaluation record's `eval/<command>-*/metrics/<split>.json` and `<split>_all.json`, the fit's
+`metrics/cost.json`), and the table is written to `<out>/table.md` and `<out>/table.csv`. The format of FILE is
+in docs/ablations.md.
 """
 
 from __future__ import annotations
@@ -254,17 +255,16 @@ def command(ablation: Ablation, task: Task, subcommand: str, extra: list[str]) -
         args += ["--config", config]
     args += ablation.overrides + task.row.overrides + list(extra)
     args += [f"--seed_everything={task.seed}", f"--trainer.default_root_dir={task.run_dir}", RECORDER]
-    checkpoints = task.run_dir / "checkpoints"
-    if subcommand == "fit":
-        if (checkpoints / "last.ckpt").is_file():  # resume an interrupted fit
-            args.append(f"--ckpt_path={checkpoints / 'last.ckpt'}")
-    else:
-        ckpt = checkpoints / "last.ckpt"
-        if ablation.ckpt == "best":
-            best = sorted(checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-            ckpt = best[-1] if best else checkpoints / "best-*.ckpt"
-        args.append(f"--ckpt_path={ckpt}")
+    # fit: resume whatever an interrupted fit left (the command starts fresh when there is nothing)
+    args.append("--ckpt_path=last" if subcommand == "fit" else f"--ckpt_path={ablation.ckpt}")
     return args
+
+
+def evaluation_folder(run_dir: Path, subcommand: str) -> Path:
+    """The newest `eval/<subcommand>-*` record of a run (segcentroids.runs); runs recorded before evaluations had
+    records of their own kept their metrics in the run folder."""
+    records = sorted((run_dir / "eval").glob(f"{subcommand}-*"), key=lambda p: p.stat().st_mtime)
+    return records[-1] if records else run_dir
 
 
 def read_status(task: Task) -> dict:
@@ -336,9 +336,10 @@ def run_task(ablation: Ablation, task: Task, extra: list[str], in_process: bool 
             _execute(command(ablation, task, "fit", extra), task.run_dir, in_process)
             _write_status(task, fit_done=True)
         _execute(command(ablation, task, ablation.evaluate, extra), task.run_dir, in_process)
-        split = EVALUATE_SPLIT[ablation.evaluate]
-        if not (task.run_dir / "metrics" / f"{split}.json").is_file() and _rank_zero():
-            raise RunFailed(f"{task.run_dir}/metrics/{split}.json was not written")
+        record = evaluation_folder(task.run_dir, ablation.evaluate)
+        written = record / "metrics" / f"{EVALUATE_SPLIT[ablation.evaluate]}.json"
+        if not written.is_file() and _rank_zero():
+            raise RunFailed(f"{written} was not written")
     except RunFailed as error:
         _write_status(task, status="failed", error=str(error))
         return "failed"
@@ -358,7 +359,7 @@ def collect_run(ablation: Ablation, task: Task) -> dict[str, float | None] | Non
     """The metrics and costs of a finished task (None if it has not finished)."""
     if read_status(task).get("status") != "done":
         return None
-    folder = task.run_dir / "metrics"
+    folder = evaluation_folder(task.run_dir, ablation.evaluate) / "metrics"
     record: dict[str, float | None] = {}
     for metric in ablation.metrics:
         split, _, name = metric.partition("/")
@@ -367,7 +368,7 @@ def collect_run(ablation: Ablation, task: Task) -> dict[str, float | None] | Non
         else:
             value = _read_json(folder / f"{split}_all.json").get(metric)
         record[metric] = None if value is None else float(value)
-    cost = _read_json(folder / "cost.json")
+    cost = _read_json(task.run_dir / "metrics" / "cost.json")
     for key in ("params", "params_inference", "gflops", "step_time_s"):
         record[key] = cost.get(key)
     return record

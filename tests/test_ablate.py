@@ -17,6 +17,7 @@ from segcentroids.ablate import (
     build_tasks,
     check_rows,
     collect_run,
+    evaluation_folder,
     format_markdown,
     load_ablation,
     main,
@@ -226,7 +227,7 @@ def test_dry_run_prints_commands_and_the_sbatch_script(tmp_path: Path, capsys: p
     assert len(fits) == 4 and len(tests) == 4
     assert f"--trainer.default_root_dir={out}/lower-lr/seed1" in fits[3] and "--seed_everything=1" in fits[3]
     assert "--model.init_args.optim.lr=0.0005 --trainer.max_steps=2" in fits[3]
-    assert f"--ckpt_path={out}/base/seed0/checkpoints/last.ckpt" in tests[0]
+    assert tests[0].endswith("--ckpt_path=last") and fits[0].endswith("--ckpt_path=last")
     assert "#SBATCH --array=0,1,2,3" in printed and "#SBATCH --partition=gpu" in printed
     srun = next(line for line in printed.splitlines() if line.startswith("srun "))
     assert "--task \"$SLURM_ARRAY_TASK_ID\" -- --trainer.max_steps=2" in srun and "'lower lr'" in srun
@@ -240,7 +241,7 @@ def ablated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path, out = write_table(folder), folder / "out"
     first = main([str(path), "--out", str(out), "--in-process", "--rows", "base", *TINY])
     after_first = {slug: (out / slug).exists() for slug in ("base", "broken", "lower-lr")}
-    base_json = out / "base" / "seed0" / "metrics" / "test.json"
+    base_json = evaluation_folder(out / "base" / "seed0", "test") / "metrics" / "test.json"
     stamp = base_json.stat().st_mtime_ns
     second = main([str(path), "--out", str(out), "--in-process", *TINY])
     return {"out": out, "first": first, "after_first": after_first, "second": second,
@@ -257,9 +258,10 @@ def test_runner_runs_rows_and_resumes(ablated: dict) -> None:
         assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
         cost = json.loads((run / "metrics" / "cost.json").read_text())
         assert cost["params"] > 0 and cost["gflops"] > 0 and cost["step_time_s"] > 0 and cost["crop"] == [64, 64]
-        logged = json.loads((run / "metrics" / "test_all.json").read_text())
-        assert logged["test/mIoU"] == pytest.approx(json.loads((run / "metrics" / "test.json").read_text())["mIoU"],
-                                                    abs=1e-3)
+        record = evaluation_folder(run, "test") / "metrics"
+        assert record.parent.parent == run / "eval"
+        logged = json.loads((record / "test_all.json").read_text())
+        assert logged["test/mIoU"] == pytest.approx(json.loads((record / "test.json").read_text())["mIoU"], abs=1e-3)
 
 
 def test_a_failing_row_is_reported_and_the_others_still_run(ablated: dict) -> None:
@@ -272,7 +274,7 @@ def test_a_failing_row_is_reported_and_the_others_still_run(ablated: dict) -> No
 
 def test_table_holds_the_runs_metrics(ablated: dict) -> None:
     out = ablated["out"]
-    scores = {slug: json.loads((out / slug / "seed0" / "metrics" / "test.json").read_text())
+    scores = {slug: json.loads((evaluation_folder(out / slug / "seed0", "test") / "metrics" / "test.json").read_text())
               for slug in ("base", "lower-lr")}
     with (out / "table.csv").open() as stream:
         lines = {line["row"]: line for line in csv.DictReader(stream)}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segcentroids.losses import ExtraLoss
-from segcentroids.methods import Baseline, OptimConfig, ParamGroupRule
+from segcentroids.methods import Baseline, MLSeg, OptimConfig, ParamGroupRule, SpecializeFuse
 from segcentroids.methods.base import poly_lr_factor
 from segcentroids.models import SegModel
 
@@ -140,13 +140,16 @@ def test_eval_step_resizes_to_label_size_and_updates_metric() -> None:
     assert not math.isnan(float(scores["aAcc"]))
 
 
-def test_ocr_soft_regions_are_supervised() -> None:
+@pytest.mark.parametrize("method", [Baseline, MLSeg, SpecializeFuse])
+def test_ocr_soft_regions_are_supervised(method: type) -> None:
+    """Every method supervises OCR's soft object regions (Specialize-and-Fuse skipped them before)."""
     segmodel = SegModel(arch="ocr", encoder_name="resnet18", encoder_weights=None, decoder_channels=32, num_classes=4)
-    model = Baseline(segmodel, num_classes=4).eval()  # eval: no dropout, so two forwards agree
+    extra = {SpecializeFuse: {"strides": [16, 8], "num_levels": 2, "semantic_channels": 16}, MLSeg: {"kappa": 3}}
+    model = method(segmodel=segmodel, num_classes=4, **extra.get(method, {})).eval()  # eval: no dropout
     data = batch()
     _, losses = model.training_outputs(data["image"], data["mask"])
     regions = segmodel(data["image"])["soft_regions"]
-    assert set(losses) == {"ce", "soft_regions"} and model.loss_weights["soft_regions"] == 0.4
+    assert "soft_regions" in losses and model.loss_weights["soft_regions"] == 0.4
     upsampled = F.interpolate(regions, size=(32, 32), mode="bilinear", align_corners=False)
     expected = F.cross_entropy(upsampled, data["mask"], ignore_index=255)
     assert torch.allclose(losses["soft_regions"], expected, atol=1e-5)

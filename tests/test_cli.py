@@ -51,7 +51,8 @@ def test_validate_and_test_a_checkpoint(fitted_run: Path) -> None:
     run_script("validate", "--config", QUICKSTART, *tiny_overrides(fitted_run), "--ckpt_path", ckpt)
     result = run_script("test", "--config", QUICKSTART, *tiny_overrides(fitted_run), "--ckpt_path", ckpt)
     assert "[test]" in result.stdout
-    record = json.loads((fitted_run / "metrics" / "test.json").read_text())
+    (evaluation,) = (fitted_run / "eval").glob("test-last-*")
+    record = json.loads((evaluation / "metrics" / "test.json").read_text())
     assert record["split"] == "test" and set(record) >= {"mIoU", "mAcc", "aAcc", "IoU", "Acc"}
 
 

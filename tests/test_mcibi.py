@@ -487,7 +487,7 @@ def test_mcibi_frameworks_train_and_infer(arch: str):
     outputs, losses = model.training_outputs(images, labels)
     assert set(losses) == {"ce", "class_probability", "aux", "memory"} | ({"soft_regions"} if arch == "ocr" else set())
     assert all(torch.isfinite(v) for v in losses.values())
-    sum(model.loss_weights.get(k, 1.0) * v for k, v in losses.items()).backward()
+    model.total_loss(losses).backward()
     assert model.bottleneck[0].weight.grad is not None and model.dca.classify[0][0].weight.grad is not None
     assert model.memory.memory.grad is None  # not learnable
     assert (model.segmodel.decoder is None) == (arch == "fcn")  # FCN + MCIBI: R from the encoder only

@@ -245,7 +245,7 @@ def test_training_losses_and_targets(segmodel):
     outputs, losses = model.training_outputs(images, labels)
     assert set(losses) == {"ce", "multilabel"} and model.loss_weights["multilabel"] == 10.0
     assert outputs["logits"].shape == (2, 6, 2, 2)
-    total = sum(model.loss_weights.get(k, 1.0) * v for k, v in losses.items())
+    total = model.total_loss(losses)
     total.backward()
     assert torch.isfinite(total)
     # ce is the cross-entropy over the ranks of the selected classes

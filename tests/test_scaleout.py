@@ -178,7 +178,7 @@ def test_sigkill_mid_epoch_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     killed_at = torch.load(last, map_location="cpu", weights_only=False)  # complete: atomic writes
     assert 1 <= killed_at["global_step"] < 12
 
-    cli = build_cli([*args, "--data.init_args.train_size=24"])
+    cli = build_cli([*args, "--data.init_args.train_size=24", "--ckpt_path=last"])  # as typed to resume
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path="last")
     assert cli.trainer.global_step == 12
     final = torch.load(last, map_location="cpu", weights_only=False)

@@ -137,7 +137,8 @@ def test_checkpoint_test_job_writes_test_metrics(uninterrupted, tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     fields = wait_for(result.stdout.strip().split(";")[0], log)
     assert fields["JobState"] == "COMPLETED", _tail(log)
-    assert "[test]" in log.read_text() and (tmp_path / "test_run" / "metrics" / "test.json").is_file(), _tail(log)
+    records = list((tmp_path / "test_run" / "eval").glob("test-last-*/metrics/test.json"))
+    assert "[test]" in log.read_text() and len(records) == 1, _tail(log)
 
 
 def test_sigusr1_saves_hpc_checkpoint_requeues_and_resumes_exactly(uninterrupted, tmp_path: Path) -> None:

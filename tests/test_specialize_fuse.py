@@ -620,10 +620,11 @@ def test_level_analysis_in_test_writes_table_9_and_the_level_map(tmp_path):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    report = json.loads((tmp_path / "metrics/test_levels.json").read_text())
+    (record,) = (tmp_path / "eval").glob("test-untrained-*")
+    report = json.loads((record / "metrics/test_levels.json").read_text())
     assert len(report["share"]) == 4 and sum(report["share"]) == pytest.approx(100.0)
     assert len(report["mIoU"]) == 4 and all(len(row) == 4 for row in report["mIoU"])
-    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    events = EventAccumulator(str(record), size_guidance={"images": 0}).Reload()
     assert "test/level_map" in events.Tags()["images"]
 
 

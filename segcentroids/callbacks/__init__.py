@@ -7,6 +7,7 @@ from .memory import MemorySimilarityLogger as MemorySimilarityLogger
 from .memory import MemoryUpdate as MemoryUpdate
 from .momentum import MomentumSchedule as MomentumSchedule
 from .multilabel import TopLabelHistogram as TopLabelHistogram
+from .on_exception import SaveOnException as SaveOnException
 from .prediction_writer import SegPredictionWriter as SegPredictionWriter
 from .requeue import SlurmRequeue as SlurmRequeue
 from .run_recorder import RunRecorder as RunRecorder

@@ -15,7 +15,7 @@ from segcentroids.callbacks.images import colorize, palette_of
 class SegPredictionWriter(BasePredictionWriter):
     """Writes `<output_dir>/labels/<name>.png` (train ids) and `<output_dir>/color/<name>.png`.
 
-    `output_dir` defaults to `<run dir>/predictions`.
+    `output_dir` defaults to `<record>/predictions`, the predict command's record folder in the run.
     """
 
     def __init__(self, output_dir: str | None = None) -> None:
@@ -23,7 +23,7 @@ class SegPredictionWriter(BasePredictionWriter):
         self.output_dir = output_dir
 
     def _folder(self, trainer: L.Trainer) -> Path:
-        root = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir)
+        root = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir)
         return root if self.output_dir else root / "predictions"
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction, batch_indices,

@@ -1,6 +1,6 @@
 """`RunRecorder`: the machine-readable cost and metric records the ablation runner collects from a run folder.
 
-Written on rank 0 under `<log_dir>/metrics/` (the run folder when the default TensorBoard logger is used):
+Written on rank 0 under `<trainer.default_root_dir>/metrics/` (the command's record folder, `segcentroids.runs`):
 
 - `cost.json` (fit): parameters (all, and those the inference graph uses), inference GFLOPs of one eval forward of
   one image at the training crop size (`torch.utils.flop_counter`), and the median wall time of a training step
@@ -79,9 +79,7 @@ class RunRecorder(L.Callback):
     def _folder(self, trainer: L.Trainer) -> Path | None:
         if not trainer.is_global_zero:
             return None
-        # not `trainer.log_dir`: a broadcast under DDP, and this runs on rank 0 only
-        root = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
-        folder = Path(root) / "metrics"
+        folder = Path(trainer.default_root_dir) / "metrics"
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from segcentroids.data.base import FilePair, SegDataModule, map_with_table
+from segcentroids.data.base import SegDataModule, map_with_table
 from segcentroids.data.labels import generated_palette, reduce_zero_table
 from segcentroids.data.layouts import SplitScan, scan_folders
 
@@ -70,9 +70,6 @@ class ADE20KDataModule(SegDataModule):
         base = self.dataset_dir
         return scan_folders(base / "images" / folder, base / "annotations" / folder, (".jpg", ".jpeg"), (".png",))
 
-    def list_split(self, split: str) -> list[FilePair]:
-        """The pairs of ``split``; raises naming every unpaired file."""
-        return self.scan_split(split).checked()
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import albumentations as A
 import cv2
 import lightning as L
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from segcentroids.data.labels import IGNORE_INDEX
 from segcentroids.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
 
-IGNORE_INDEX = 255
+if TYPE_CHECKING:  # layouts builds on this module
+    from segcentroids.data.layouts import SplitScan
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 READ_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
 
@@ -158,22 +162,41 @@ class SegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The checked pair: uint8 RGB image ``[H, W, 3]`` and uint8 train-id label ``[H, W]``."""
-        image_path, label_path = self.pairs[index]
-        image = read_image(image_path)
+    def _label(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        label_path = self.pairs[index][1]
         if self.load_label is not None:  # path -> (stored label, train ids), e.g. .mat files or per-file rules
-            raw, label = self.load_label(label_path)
-        else:
-            raw = read_label(label_path)
-            label = self.map_labels(raw)
-        if image.shape[:2] != raw.shape:
+            return self.load_label(label_path)
+        raw = read_label(label_path)
+        return raw, self.map_labels(raw)
+
+    def _check_pair(self, index: int, image_size: tuple[int, int], raw: np.ndarray, label: np.ndarray) -> None:
+        image_path, label_path = self.pairs[index]
+        if image_size != raw.shape:
             raise ValueError(
-                f"image {image_path} is {image.shape[0]}x{image.shape[1]} (HxW) but its label {label_path} is "
+                f"image {image_path} is {image_size[0]}x{image_size[1]} (HxW) but its label {label_path} is "
                 f"{raw.shape[0]}x{raw.shape[1]}"
             )
         check_label_values(label, raw, self.num_classes, self.ignore_index, label_path)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The checked pair: uint8 RGB image ``[H, W, 3]`` and uint8 train-id label ``[H, W]``."""
+        image = read_image(self.pairs[index][0])
+        raw, label = self._label(index)
+        self._check_pair(index, image.shape[:2], raw, label)
         return image, label.astype(np.uint8, copy=False)
+
+    def verify(self, index: int) -> None:
+        """`load`'s checks without decoding the image: the label is read and checked, the image file only
+        verified (header and, for PNG, every chunk's checksum, so a truncated file fails)."""
+        image_path = self.pairs[index][0]
+        try:
+            with Image.open(image_path) as image:
+                width, height = image.size
+                image.verify()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise OSError(f"cannot read image file {image_path} ({error})") from None
+        raw, label = self._label(index)
+        self._check_pair(index, (height, width), raw, label)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label = self.load(index)
@@ -235,8 +258,9 @@ class SegDataModule(L.LightningDataModule):
         test_scale: keep-ratio resize ``(long, short)`` of evaluation images (``None``: as stored); labels stay as
             stored, so predictions are resized back to the label size for the metric.
         predict_dir: folder of images for ``predict``.
-        check_files: read every file of the used splits in ``setup`` (readable, sizes match, label values valid)
-            so bad input fails before training rather than in the middle of an epoch.
+        check_files: read every file of the splits a command uses in ``setup`` (readable, sizes match, label values
+            valid) so bad input fails before training rather than in the middle of an epoch. Off, a fit still
+            verifies the val split (labels read, images verified without decoding).
         mean, std: per-channel normalisation of the images, as fractions of 255. ``None``: the encoder's (the
             ``segcentroids`` command fills them in from ``model.init_args.segmodel``'s ``encoder_name``: 0.5 / 0.5
             for EfficientNet-Lite, ImageNet's for ResNets), or ImageNet's outside the command.
@@ -312,8 +336,14 @@ class SegDataModule(L.LightningDataModule):
         return IGNORE_INDEX
 
     def list_split(self, split: str) -> list[FilePair]:
-        """The ``(image_path, label_path)`` pairs of ``split`` ("train", "val" or "test"); subclasses implement it."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement list_split")
+        """The ``(image_path, label_path)`` pairs of ``split`` ("train", "val" or "test"), raising naming every
+        unpaired or missing file: ``scan_split(split).checked()`` for the layouts that scan folders or lists
+        (``segcentroids.data.layouts``); CamVid pairs its own."""
+        return self.scan_split(split).checked()
+
+    def scan_split(self, split: str) -> SplitScan:
+        """What ``split``'s folders or list files hold (a subclass implements this or ``list_split``)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither scan_split nor list_split")
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:
@@ -361,8 +391,6 @@ class SegDataModule(L.LightningDataModule):
             ignore_index=self.ignore_index,
             load_label=self.load_label,
         )
-        if self.check_files:
-            self._check_all(dataset)
         return dataset
 
     def build_predict_dataset(self) -> Dataset:
@@ -377,22 +405,31 @@ class SegDataModule(L.LightningDataModule):
         return ImageFolderDataset(paths, self.test_transform())
 
     @staticmethod
-    def _check_all(dataset: SegDataset) -> None:
+    def check_dataset(dataset: SegDataset, split: str, full: bool) -> None:
+        """Every pair of `dataset` loaded (`full`) or verified; one error listing every bad file, the first one
+        on the first line."""
         problems = []
         for index in range(len(dataset)):
             try:
-                dataset.load(index)
+                dataset.load(index) if full else dataset.verify(index)
             except (OSError, ValueError) as error:
                 problems.append(str(error))
         if problems:
-            raise ValueError(f"{len(problems)} bad file(s):\n  " + "\n  ".join(problems))
+            rest = "".join(f"\n  {problem}" for problem in problems[1:])
+            raise ValueError(f"{split} split: {len(problems)} bad file(s): {problems[0]}{rest}")
 
     def setup(self, stage: str | None = None) -> None:
-        """Build (and check) the datasets the stage needs: fit -> train+val, validate -> val, test, predict."""
+        """Build the datasets the stage needs (fit -> train+val, validate -> val, test, predict) and check their
+        files: all of them with ``check_files``; otherwise a fit still verifies the val split's files (labels read,
+        images verified without decoding), so that a bad one fails before training, not after it."""
         needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
         for split in needed.get(stage or "fit", []):
-            if split not in self.datasets:
-                self.datasets[split] = self.build_predict_dataset() if split == "predict" else self.build_dataset(split)
+            if split in self.datasets:
+                continue
+            dataset = self.build_predict_dataset() if split == "predict" else self.build_dataset(split)
+            self.datasets[split] = dataset
+            if isinstance(dataset, SegDataset) and (self.check_files or (split == "val" and stage in (None, "fit"))):
+                self.check_dataset(dataset, split, full=self.check_files)
 
     def _loader(self, split: str, batch_size: int, training: bool = False) -> DataLoader:
         if split not in self.datasets:

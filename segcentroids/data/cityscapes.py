@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from segcentroids.data.base import FilePair, SegDataModule, map_with_table, read_label
+from segcentroids.data.base import SegDataModule, map_with_table, read_label
 from segcentroids.data.labels import table_from_ids
 from segcentroids.data.layouts import SplitScan, scan_folders
 
@@ -64,9 +64,6 @@ class CityscapesDataModule(SegDataModule):
             recursive=True,
         )
 
-    def list_split(self, split: str) -> list[FilePair]:
-        """The pairs of ``split``; raises naming every unpaired file."""
-        return self.scan_split(split).checked()
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

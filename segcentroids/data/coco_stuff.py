@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from segcentroids.data.base import FilePair, SegDataModule, map_with_table, read_label
+from segcentroids.data.base import SegDataModule, map_with_table, read_label
 from segcentroids.data.labels import generated_palette, table_from_ids
 from segcentroids.data.layouts import SplitScan, scan_folders, scan_list
 
@@ -111,9 +111,6 @@ class COCOStuff10kDataModule(SegDataModule):
             ],
         )
 
-    def list_split(self, split: str) -> list[FilePair]:
-        """The pairs of ``split``; raises naming every listed image or label that is missing."""
-        return self.scan_split(split).checked()
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:
@@ -172,9 +169,6 @@ class COCOStuff164kDataModule(SegDataModule):
             (TRAIN_IDS_SUFFIX, ".png"),
         )
 
-    def list_split(self, split: str) -> list[FilePair]:
-        """The pairs of ``split``; raises naming every unpaired file."""
-        return self.scan_split(split).checked()
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

@@ -11,15 +11,15 @@ from collections.abc import Iterable
 
 import numpy as np
 
-IGNORE = 255
+IGNORE_INDEX = 255  # the one ignore value of the package's uint8 label maps
 UNDEFINED = -1
 
 
-def table_from_ids(class_ids: Iterable[int], ignored: Iterable[int] = (IGNORE,), size: int = 256) -> np.ndarray:
+def table_from_ids(class_ids: Iterable[int], ignored: Iterable[int] = (IGNORE_INDEX,), size: int = 256) -> np.ndarray:
     """Table mapping the i-th stored value of ``class_ids`` to train id i, ``ignored`` values to 255, others to -1."""
     table = np.full(size, UNDEFINED, dtype=np.int16)
     for value in ignored:
-        table[value] = IGNORE
+        table[value] = IGNORE_INDEX
     for train_id, value in enumerate(class_ids):
         table[value] = train_id
     return table
@@ -27,7 +27,7 @@ def table_from_ids(class_ids: Iterable[int], ignored: Iterable[int] = (IGNORE,),
 
 def reduce_zero_table(num_classes: int) -> np.ndarray:
     """mmsegmentation's ``reduce_zero_label``: 0 -> 255, k -> k-1 for k in 1..K, stored 255 stays ignore."""
-    return table_from_ids(range(1, num_classes + 1), ignored=(0, IGNORE))
+    return table_from_ids(range(1, num_classes + 1), ignored=(0, IGNORE_INDEX))
 
 
 def generated_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:

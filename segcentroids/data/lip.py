@@ -9,7 +9,7 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
-from segcentroids.data.base import FilePair, SegDataModule, map_with_table
+from segcentroids.data.base import SegDataModule, map_with_table
 from segcentroids.data.labels import generated_palette, table_from_ids
 from segcentroids.data.layouts import SplitScan, scan_folders
 
@@ -91,9 +91,6 @@ class LIPDataModule(SegDataModule):
             self.root / f"{folder}_images", self.root / f"{folder}_segmentations", (".jpg", ".jpeg", ".png"), (".png",)
         )
 
-    def list_split(self, split: str) -> list[FilePair]:
-        """The pairs of ``split``; raises naming every unpaired file."""
-        return self.scan_split(split).checked()
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from segcentroids.data.base import FilePair, SegDataModule, map_with_table
+from segcentroids.data.base import SegDataModule, map_with_table
 from segcentroids.data.labels import generated_palette, reduce_zero_table
 from segcentroids.data.layouts import SplitScan, scan_list
 
@@ -65,9 +65,6 @@ class PascalContext59DataModule(SegDataModule):
             lambda name: [base / "SegmentationClassContext" / f"{name}.png"],
         )
 
-    def list_split(self, split: str) -> list[FilePair]:
-        """The pairs of ``split``; raises naming every listed image or label that is missing."""
-        return self.scan_split(split).checked()
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

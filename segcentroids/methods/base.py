@@ -24,6 +24,7 @@ from segcentroids.losses.extra import ExtraLoss
 from segcentroids.metrics import SegmentationMetrics, format_table
 from segcentroids.models import SegModel
 from segcentroids.nn.heads import FCNHead
+from segcentroids.runs import scored_state
 
 
 @dataclass
@@ -159,12 +160,18 @@ class Baseline(L.LightningModule):
         features = self.segmodel(images)
         logits = self.classify(features["decoder"])
         outputs = {"decoder": features["decoder"], "encoder_last": features["encoder"][-1], "logits": logits}
-        losses = {"ce": self.seg_loss(logits, labels)}
+        losses = {"ce": self.seg_loss(logits, labels), **self.auxiliary_losses(features, labels)}
+        return outputs, losses
+
+    def auxiliary_losses(self, features: dict[str, Tensor | list[Tensor]], labels: Tensor) -> dict[str, Tensor]:
+        """The SegModel's own supervision, the same for every method: the auxiliary FCN head on the encoder's third
+        stage (`aux`) and OCR's coarse object regions (`soft_regions`, as in mmseg's OCRNet)."""
+        losses = {}
         if self.aux_head is not None:
             losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
-        if "soft_regions" in features:  # OCR's coarse object regions, supervised as in mmseg's OCRNet
+        if "soft_regions" in features:
             losses["soft_regions"] = self.seg_loss(features["soft_regions"], labels)
-        return outputs, losses
+        return losses
 
     # ------------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> dict:
@@ -177,12 +184,17 @@ class Baseline(L.LightningModule):
                                  f"{sorted(terms.keys() & losses.keys())} that another loss term already uses "
                                  f"(the method's or an earlier extra loss's); each term needs its own name")
             losses.update(terms)
-        total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+        total = self.total_loss(losses)
         batch_size = images.shape[0]
         for name, value in losses.items():
             self.log(f"train/loss/{name}", value.detach(), batch_size=batch_size)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
         return {"loss": total, "outputs": {k: v.detach() for k, v in outputs.items() if isinstance(v, Tensor)}}
+
+    def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """The training objective: the named loss terms weighted by `loss_weights` (1 for a term it does not name)
+        and summed; the training step, the tests and the benchmarks all use this one."""
+        return sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
 
     # ------------------------------------------------------------------------------------------- optimisation
     def param_group_mults(self, name: str, param: nn.Parameter, no_decay: bool) -> tuple[float, float]:
@@ -206,17 +218,28 @@ class Baseline(L.LightningModule):
                     names.add(full)
         return names
 
+    @staticmethod
+    def part_of(name: str) -> str:
+        """The model part a parameter belongs to, for group names: encoder, decoder, head, or the method's module."""
+        first, _, rest = name.partition(".")
+        if first == "segmodel":
+            first = rest.partition(".")[0]
+        return "head" if first == "classifier" else first
+
     def parameter_groups(self) -> list[dict]:
-        """Parameters grouped by (lr multiplier, weight-decay multiplier)."""
+        """Parameters grouped by model part, lr multiplier and weight-decay multiplier; each group is named
+        `<part>[-lr<mult>][-no_decay]` (the learning-rate monitor's names)."""
         no_decay = self._no_decay_names()
-        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        groups: dict[tuple[str, float, float], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if param.requires_grad:
-                groups.setdefault(self.param_group_mults(name, param, name in no_decay), []).append(param)
+                mults = self.param_group_mults(name, param, name in no_decay)
+                groups.setdefault((self.part_of(name), *mults), []).append(param)
         return [
             {"params": params, "lr": self.optim.lr * lr_mult, "weight_decay": self.optim.weight_decay * decay_mult,
-             "lr_mult": lr_mult, "decay_mult": decay_mult}
-            for (lr_mult, decay_mult), params in groups.items()
+             "lr_mult": lr_mult, "decay_mult": decay_mult,
+             "name": part + (f"-lr{lr_mult:g}" if lr_mult != 1 else "") + ("-no_decay" if decay_mult == 0 else "")}
+            for (part, lr_mult, decay_mult), params in groups.items()
         ]
 
     def configure_optimizers(self) -> dict:
@@ -268,26 +291,22 @@ class Baseline(L.LightningModule):
             self._write_scores(split, scores, table)
 
     def _write_scores(self, split: str, scores: dict[str, Tensor], table: str) -> None:
-        """Results to `<log_dir>/metrics/<split>.json` (machine-readable) and per-class scores to TensorBoard."""
-        logger = self.trainer.logger
-        # the logger's folder, not `trainer.log_dir`: that is a broadcast under DDP and this runs on rank 0 only
-        log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-        if logger is None or log_dir is None:
-            return
-        folder = Path(log_dir) / "metrics"
+        """Results to `<trainer.default_root_dir>/metrics/<split>.json` (the command's record folder, with what it
+        scored) and per-class scores to TensorBoard."""
+        folder = Path(self.trainer.default_root_dir) / "metrics"
         folder.mkdir(parents=True, exist_ok=True)
 
         def clean(value: float) -> float | None:
             return None if math.isnan(value) else round(value, 4)
 
         record = {
-            "split": split, "epoch": self.current_epoch, "step": self.global_step,
+            "split": split, **scored_state(self.trainer),
             **{key: clean(float(scores[key])) for key in ("mIoU", "mAcc", "aAcc")},
             "IoU": {n: clean(v) for n, v in zip(self.class_names, scores["IoU"].tolist())},
             "Acc": {n: clean(v) for n, v in zip(self.class_names, scores["Acc"].tolist())},
         }
         (folder / f"{split}.json").write_text(json.dumps(record, indent=2))
-        experiment = getattr(logger, "experiment", None)
+        experiment = getattr(self.trainer.logger, "experiment", None)
         if not hasattr(experiment, "add_scalar"):
             return
         for kind in ("IoU", "Acc"):

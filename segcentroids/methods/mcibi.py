@@ -153,10 +153,7 @@ class MCIBI(Baseline):
                    "class_logits": class_logits, "logits": logits}
         losses = {"ce": self.seg_loss(logits, labels),  # L_O, Eq. 18
                   "class_probability": self.seg_loss(class_logits, labels)}  # L_W, Eq. 16
-        if self.aux_head is not None:
-            losses["aux"] = self.seg_loss(self.aux_head(out["encoder"][-2]), labels)
-        if "soft_regions" in out:  # OCR's coarse object regions, supervised as in the Baseline
-            losses["soft_regions"] = self.seg_loss(out["soft_regions"], labels)
+        losses.update(self.auxiliary_losses(out, labels))
         if self.rcl and self.global_step >= self._rcl_start():
             losses["memory"] = representation_consistency_loss(self.classifier, self.memory.memory,
                                                                self.memory.initialized)  # L_M, Eq. 15, 17

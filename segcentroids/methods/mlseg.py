@@ -1,5 +1,5 @@
-"""MLSeg (He et al.): multi-label image classification + selected-label pixel classification, and the Segmenter
-baseline it builds on.
+"""MLSeg (He et al.): multi-label image classification + selected-label pixel classification (its Segmenter
+baseline: `segcentroids.methods.segmenter`).
 
 Joint multi-task scheme (Sec. 3.3): a multi-label head xi on the shared features predicts which classes are present
 (Eq. 1, trained with the asymmetric loss); the top-kappa classes are selected (Eq. 2); the pixel classifier psi only
@@ -26,26 +26,6 @@ from segcentroids.ops.selection import (
     select_top_labels,
     suppress_classes,
 )
-
-
-class Segmenter(Baseline):
-    """Segmenter (Strudel et al. 2021): the SegModel's features (a ViT with arch `identity`) classified by the
-    mask-transformer decoder over all K learnable class embeddings, with the per-class LayerNorm on the scores."""
-
-    def __init__(self, embed_dim: int | None = None, num_layers: int = 2, num_heads: int = 12,
-                 mlp_ratio: float = 4.0, decoder_dropout: float = 0.1, **kwargs) -> None:
-        """
-        Args:
-            embed_dim: width of the decoder tokens (None: the SegModel's `out_channels`, 768 for ViT-B).
-            num_layers, num_heads, mlp_ratio, decoder_dropout: the decoder's transformer blocks (paper: 2, 12, 4, 0.1).
-        """
-        super().__init__(**kwargs)
-        channels = self.segmodel.out_channels
-        self.classifier = SelectedLabelClassifier(
-            channels, self.num_classes, self.num_classes, "mask_transformer", "layernorm",
-            embed_dim=embed_dim or channels, class_embed=True, num_layers=num_layers, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, dropout=decoder_dropout,
-        )
 
 
 class MLSeg(Baseline):
@@ -204,10 +184,7 @@ class MLSeg(Baseline):
         if scores is not None:
             losses["multilabel"] = self.multilabel_loss(scores, targets)
             outputs["multilabel_logits"] = scores
-        if self.aux_head is not None:
-            losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
-        if "soft_regions" in features:  # OCR's coarse object regions, as in the Baseline
-            losses["soft_regions"] = self.seg_loss(features["soft_regions"], labels)
+        losses.update(self.auxiliary_losses(features, labels))
         return outputs, losses
 
     # --------------------------------------------------------------------------------------------- evaluation

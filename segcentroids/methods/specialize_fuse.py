@@ -195,8 +195,7 @@ class SpecializeFuse(Baseline):
             ce.append(self.seg_loss(semantic[-1], semantic_targets[-1]))
             losses["ce"] = torch.stack(ce).mean()
             losses["unity"] = torch.stack([self._unity_bce(u, t) for u, t in zip(unity, unity_targets)]).mean()
-        if self.aux_head is not None:
-            losses["aux"] = self.seg_loss(self.aux_head(features["encoder"][-2]), labels)
+        losses.update(self.auxiliary_losses(features, labels))  # with OCR's soft regions, which were missing here
         return outputs, losses
 
     # ------------------------------------------------------------------------------------ analysis (Table 9)
@@ -265,12 +264,10 @@ class SpecializeFuse(Baseline):
         if self.trainer.is_global_zero:
             table = format_level_table(report)
             print(f"\n[test] level assignment (Table 9)\n{table}", flush=True)
-            log_dir = getattr(self.trainer.logger, "log_dir", None)  # not trainer.log_dir: a broadcast under DDP
-            if log_dir is not None:
-                folder = Path(log_dir) / "metrics"
-                folder.mkdir(parents=True, exist_ok=True)
-                clean = {key: json.loads(json.dumps(value).replace("NaN", "null")) for key, value in report.items()}
-                (folder / "test_levels.json").write_text(json.dumps(clean, indent=2))
+            folder = Path(self.trainer.default_root_dir) / "metrics"
+            folder.mkdir(parents=True, exist_ok=True)
+            clean = {key: json.loads(json.dumps(value).replace("NaN", "null")) for key, value in report.items()}
+            (folder / "test_levels.json").write_text(json.dumps(clean, indent=2))
 
 
 def level_report(confusion: Tensor) -> dict:
