@@ -318,7 +318,7 @@ def _average_precision(scores: list[float], positives: list[bool]) -> float:
     return sum(precisions) / len(precisions)
 
 
-def test_validation_reports_map_and_recall_at_kappa(segmodel):
+def test_validation_reports_map_and_recall_at_kappa(segmodel, tmp_path):
     import lightning as L
 
     model = _mlseg(segmodel)
@@ -330,7 +330,7 @@ def test_validation_reports_map_and_recall_at_kappa(segmodel):
         labels[1, :, :3] = IGNORE
         batches.append({"image": torch.randn(2, 3, 32, 32), "mask": labels, "name": ["a", "b"]})
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, default_root_dir=tmp_path)
     metrics = trainer.validate(model, torch.utils.data.DataLoader(batches, batch_size=None), verbose=False)[0]
     model.eval()
     with torch.no_grad():
