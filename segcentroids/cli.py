@@ -6,7 +6,6 @@ command writes its own record in it and never over another's (the layout: `segce
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from segcentroids.callbacks import SaveOnException, SegPredictionWriter, ValidationImageLogger
-from segcentroids.config_errors import summarize
+from segcentroids.config_errors import load_class, summarize
 from segcentroids.data import SegDataModule
 from segcentroids.methods import Baseline
 from segcentroids.models.pretrained import WeightsUnavailableError, causes, encoder_normalization
@@ -53,14 +52,6 @@ def follow_encoder_normalization(config) -> None:
         data_args.std = std
 
 
-def _load_class(class_path: str) -> type | None:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-
-
 def with_logger_folders(args: list[str]) -> list[str]:
     """`--trainer.logger <Class>` without a save_dir gets an empty one, which `place_loggers` fills with the
     record folder (Lightning's file loggers require the argument)."""
@@ -74,7 +65,7 @@ def with_logger_folders(args: list[str]) -> list[str]:
         result.append(arg)
         index += 1
         value = arg.split("=", 1)[1] if arg.startswith("--trainer.logger=") else ""
-        cls = _load_class(value) if "." in value else None
+        cls = load_class(value) if "." in value else None
         if cls is not None and "save_dir" in inspect.signature(cls).parameters:
             result.append("--trainer.logger.save_dir=")
     return result
@@ -238,7 +229,7 @@ class SegCLI(LightningCLI):
 
     def _check_method(self, checkpoint: Path, class_path: str) -> None:
         written = (self._checkpoint_data.get("hyper_parameters") or {}).get("_class_path")
-        if written and _load_class(written) is not _load_class(class_path):
+        if written and load_class(written) is not load_class(class_path):
             self._exit(RunFolderError(f"checkpoint {checkpoint} was written by {written}, but the config builds "
                                       f"{class_path} (use the run's config.yaml, or --model {written})"))
 

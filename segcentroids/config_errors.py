@@ -26,12 +26,19 @@ _EXPECTED = re.compile(r"- (Expected .*|Not a .*|.* does not .*)")
 _GIVEN = re.compile(r"Given value: (.*)")
 
 
-def _class_options(class_path: str) -> list[str]:
-    """The keyword arguments a class takes, through its bases when its `__init__` forwards `**kwargs`."""
+def load_class(class_path: str) -> type | None:
+    """The class at a dotted path, or None when it cannot be imported."""
     module_name, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), name)
+        return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _class_options(class_path: str) -> list[str]:
+    """The keyword arguments a class takes, through its bases when its `__init__` forwards `**kwargs`."""
+    cls = load_class(class_path)
+    if cls is None:
         return []
     options: list[str] = []
     for klass in inspect.getmro(cls):

@@ -70,12 +70,17 @@ def _newest(paths: list[Path]) -> Path:
     return max(paths, key=lambda p: p.stat().st_mtime)
 
 
+def _resumable(checkpoints: Path) -> list[Path]:
+    """The checkpoints `--ckpt_path last` may mean: `last.ckpt` and `on_exception.ckpt`, those that exist."""
+    return [p for p in (checkpoints / "last.ckpt", checkpoints / f"{ON_EXCEPTION}.ckpt") if p.is_file()]
+
+
 def best_checkpoint(checkpoints: Path) -> Path:
     """`best-*.ckpt` of `checkpoints`: the one the newest last/on-exception checkpoint records, else the only one."""
     bests = sorted(checkpoints.glob("best-*.ckpt"))
     if not bests:
         raise RunFolderError(f"--ckpt_path best: no best-*.ckpt in {checkpoints}")
-    lasts = [p for p in (checkpoints / "last.ckpt", checkpoints / f"{ON_EXCEPTION}.ckpt") if p.is_file()]
+    lasts = _resumable(checkpoints)
     recorded = _recorded_best(read_checkpoint(_newest(lasts))) if lasts else None
     if recorded is not None and (checkpoints / recorded).is_file():
         return checkpoints / recorded
@@ -103,7 +108,7 @@ def resolve_checkpoint(command: str, ckpt_path: str | None, checkpoints: Path) -
                                  f"--ckpt_path {UNTRAINED} to score the model as built)")
         return None
     if ckpt_path == "last":
-        lasts = [p for p in (checkpoints / "last.ckpt", checkpoints / f"{ON_EXCEPTION}.ckpt") if p.is_file()]
+        lasts = _resumable(checkpoints)
         if lasts:
             return _newest(lasts)
         if command == "fit":  # nothing to resume yet: the first start of a job that always passes `last`
