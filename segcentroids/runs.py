@@ -13,6 +13,8 @@ never over another's::
 
 from __future__ import annotations
 
+import json
+import math
 import pickle
 import time
 import zipfile
@@ -152,3 +154,31 @@ def scored_state(trainer: Any) -> dict[str, Any]:
     if trainer.state.fn == "fit" or path is None:
         return {"checkpoint": None, "epoch": trainer.current_epoch, "step": trainer.global_step, "time": stamp}
     return {"checkpoint": str(Path(path).resolve()), **checkpoint_position(read_checkpoint(path)), "time": stamp}
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN floats as None (JSON null), recursively through dicts and lists."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_record(trainer: Any, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Writes `record` (NaN as null) to `<trainer.default_root_dir>/metrics/<name>.json`, the command's record
+    folder, and returns what was written."""
+    folder = Path(trainer.default_root_dir) / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = _json_safe(record)
+    (folder / f"{name}.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def tensorboard_of(trainer: Any) -> Any | None:
+    """The TensorBoard writer of the trainer's logger (anything with `add_image`), or None."""
+    logger = getattr(trainer, "logger", None)
+    experiment = getattr(logger, "experiment", None) if logger is not None else None
+    return experiment if hasattr(experiment, "add_image") else None

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segcentroids.losses import ExtraLoss
+from segcentroids.losses import ExtraLoss, LossContext
 from segcentroids.methods import Baseline, MLSeg, OptimConfig, ParamGroupRule, SpecializeFuse
 from segcentroids.methods.base import poly_lr_factor
 from segcentroids.models import SegModel
@@ -55,9 +55,9 @@ class AddedTerm(ExtraLoss):
         super().__init__()
         self.weights = {"extra": weight}
 
-    def bind(self, method: Baseline) -> None:
+    def build(self, context: LossContext) -> None:
         self.scale = torch.nn.Parameter(torch.tensor(2.0))
-        self.bound_channels = method.segmodel.out_channels
+        self.bound_channels = context.feature_channels
 
     def forward(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         return {"extra": self.scale * outputs["logits"].float().pow(2).mean()}

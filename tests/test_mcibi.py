@@ -170,7 +170,7 @@ def test_bad_options_name_key_and_value():
     with pytest.raises(ValueError, match="update_resolution.*'pixel'"):
         FeatureMemory(3, 4, update_resolution="pixel")
     with pytest.raises(ValueError, match="schedule.*'linear'"):
-        MomentumSchedule(schedule="linear")
+        MomentumSchedule(FeatureMemory(3, 4), schedule="linear")
     with pytest.raises(ValueError, match="fuse.*'sum'"):
         ContextFusion(8, "sum")
 
@@ -198,7 +198,7 @@ def _ddp_worker(rank: int, folder: str) -> None:
                        f"{folder}/{resolution}{rank}.pt")
         holder = _FeatureHolder()
         shards = [{"image": f[rank * 2:(rank + 1) * 2], "mask": y[rank * 2:(rank + 1) * 2]} for f, y in _ddp_batches()]
-        MemoryInitialization().on_train_start(_fake_trainer(shards), holder)
+        MemoryInitialization(holder.memory, holder.memory_features).on_train_start(_fake_trainer(shards), holder)
         state = {"memory": holder.memory.memory, "initialized": holder.memory.initialized}
         torch.save(state, f"{folder}/init{rank}.pt")
     finally:
@@ -250,7 +250,8 @@ def test_ddp_memories_identical_and_equal_to_single_process(tmp_path: Path):
     ranks = [torch.load(tmp_path / f"init{r}.pt") for r in range(2)]
     assert torch.equal(ranks[0]["memory"], ranks[1]["memory"])
     single = _FeatureHolder()
-    MemoryInitialization().on_train_start(_fake_trainer([{"image": f, "mask": y} for f, y in _ddp_batches()]), single)
+    initialization = MemoryInitialization(single.memory, single.memory_features)
+    initialization.on_train_start(_fake_trainer([{"image": f, "mask": y} for f, y in _ddp_batches()]), single)
     torch.testing.assert_close(ranks[0]["memory"], single.memory.memory, rtol=1e-5, atol=1e-6)
     assert ranks[0]["initialized"].tolist() == [1.0, 1.0, 1.0, 1.0]
 
@@ -262,11 +263,12 @@ def test_poly_momentum_eq7():
     assert poly_momentum(100, 100) == pytest.approx(0.009)
     assert poly_momentum(100, 100, m0=1.0, power=2.0) == pytest.approx(0.01)
     assert poly_momentum(25, 100, m0=1.0, power=2.0) == pytest.approx(0.75**2 * 0.99 + 0.01)
-    constant = MomentumSchedule(schedule="constant", m0=0.7)
+    memory = FeatureMemory(3, 4)
+    constant = MomentumSchedule(memory, schedule="constant", m0=0.7)
     assert constant.value(0, 100) == constant.value(100, 100) == 0.7
-    assert MomentumSchedule(m0=0.9).value(50, 100) == pytest.approx(0.5**0.9 * 0.891 + 0.009)
+    assert MomentumSchedule(memory, m0=0.9).value(50, 100) == pytest.approx(0.5**0.9 * 0.891 + 0.009)
     with pytest.raises(ValueError, match="finite"):
-        MomentumSchedule().value(3, math.inf)
+        MomentumSchedule(memory).value(3, math.inf)
 
 
 def test_set_module_value_keeps_buffer_identity():
@@ -280,20 +282,15 @@ def test_set_module_value_keeps_buffer_identity():
 
 
 def test_memory_update_callback_feeds_outputs():
-    class Holder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.memory = FeatureMemory(2, 3, update_resolution="feature")
-            self.register_buffer("memory_momentum", torch.tensor(0.5))
-
-    holder = Holder()
+    memory = FeatureMemory(2, 3, update_resolution="feature", momentum=0.5)
     features = torch.arange(12.0).view(1, 3, 2, 2)
     batch = {"mask": torch.tensor([[[0, 0], [1, 255]]])}
-    MemoryUpdate().on_train_batch_end(None, holder, {"loss": 0, "outputs": {"memory_features": features}}, batch, 0)
-    torch.testing.assert_close(holder.memory.memory[0], features[0, :, 0, :2].mean(1))
-    torch.testing.assert_close(holder.memory.memory[1], features[0, :, 1, 0])
+    update = MemoryUpdate(memory)
+    update.on_train_batch_end(None, None, {"loss": 0, "outputs": {"memory_features": features}}, batch, 0)
+    torch.testing.assert_close(memory.memory[0], features[0, :, 0, :2].mean(1))
+    torch.testing.assert_close(memory.memory[1], features[0, :, 1, 0])
     with pytest.raises(KeyError, match="memory_features"):
-        MemoryUpdate().on_train_batch_end(None, holder, {"loss": 0, "outputs": {}}, batch, 0)
+        update.on_train_batch_end(None, None, {"loss": 0, "outputs": {}}, batch, 0)
 
 
 def _per_image_class_means_loop(features, labels, num_classes, resolution):
@@ -387,7 +384,7 @@ def test_clustering_initialization_skips_resumed_or_filled_memories():
     with pytest.raises(ValueError, match="memory_init"):
         _model(memory_init="kmeans")
     with pytest.raises(ValueError, match="num_batches"):
-        MemoryInitialization(num_batches=0)
+        MemoryInitialization(FeatureMemory(3, 4), lambda images: images, num_batches=0)
 
 
 def test_similarity_matrix_and_image():
@@ -409,7 +406,7 @@ def test_similarity_logger_writes_image_and_scalar():
     holder.log = lambda name, value, **kwargs: scalars.update({name: float(value)})
     experiment = SimpleNamespace(add_image=lambda tag, image, step, dataformats: images.append((tag, image.shape)))
     trainer = SimpleNamespace(logger=SimpleNamespace(experiment=experiment), is_global_zero=True, global_step=4)
-    MemorySimilarityLogger(every_n_steps=2, cell=2).on_train_batch_end(trainer, holder, None, None, 0)
+    MemorySimilarityLogger(holder.memory, every_n_steps=2, cell=2).on_train_batch_end(trainer, holder, None, None, 0)
     assert images == [("train/memory_similarity", (6, 6, 3))]
     assert scalars["train/memory_mean_similarity"] == pytest.approx(math.sqrt(0.5))  # classes 0, 1 only
 
@@ -490,7 +487,8 @@ def test_mcibi_frameworks_train_and_infer(arch: str):
     model.total_loss(losses).backward()
     assert model.bottleneck[0].weight.grad is not None and model.dca.classify[0][0].weight.grad is not None
     assert model.memory.memory.grad is None  # not learnable
-    assert (model.segmodel.decoder is None) == (arch == "fcn")  # FCN + MCIBI: R from the encoder only
+    # FCN + MCIBI: R from the encoder only, no decoder parameters
+    assert (not list(model.segmodel.decoder.parameters())) == (arch == "fcn")
     model.memory.update(outputs["memory_features"], labels, 0.9)
     assert model.memory.initialized.sum() > 0
     model.eval()
@@ -560,7 +558,7 @@ def test_schedule_memory_update_and_resume_exactness(tmp_path: Path):
     full = _tiny_fit(tmp_path / "a", [checkpoints])
     assert full.memory.initialized.tolist() == [1.0, 1.0, 1.0, 1.0]
     # 4 steps in all: the last batch started at step 3 -> Eq. 7 with t = 3, T = 4
-    assert full.memory_momentum.item() == pytest.approx(0.25**0.9 * 0.891 + 0.009, rel=1e-6)
+    assert full.memory.momentum.item() == pytest.approx(0.25**0.9 * 0.891 + 0.009, rel=1e-6)
     halfway = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", weights_only=False)["state_dict"]
     assert halfway["memory.initialized"].sum() > 0
     assert not torch.equal(halfway["memory.memory"], full.memory.memory)
@@ -680,3 +678,13 @@ def test_ablation_rows_are_mcibi_overrides(table: Path):
         assert type(model) is method
         for name, value in kwargs.items():
             assert model.hparams[name] == value, (row["name"], name)
+
+
+def test_fcn_mcibi_leaves_the_given_segmodel_and_loads_checkpoints_with_the_old_momentum_key():
+    segmodel = SegModel(arch="fcn", encoder_name="resnet18", encoder_weights=None, decoder_channels=32)
+    model = MCIBI(segmodel=segmodel, num_classes=4, memory_channels=16, transform_channels=8)
+    assert model.segmodel.encoder is segmodel.encoder and list(segmodel.decoder.parameters())  # not mutated
+    state = model.state_dict()
+    state["memory_momentum"] = state.pop("memory.momentum").clone().fill_(0.3)  # a checkpoint from before
+    model.load_state_dict(state)
+    assert model.memory.momentum.item() == pytest.approx(0.3)

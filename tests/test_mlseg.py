@@ -298,14 +298,12 @@ def test_oracle_eval_follows_the_batch_through_chunked_whole_image_inference(seg
     images = torch.randn(4, 3, 32, 32)
     labels = torch.stack([torch.full((32, 32), c) for c in (0, 2, 2, 5)])
     with torch.no_grad():
-        result = model._eval_with_oracle(lambda batch, i: {"preds": model.infer(batch["image"], (32, 32)).argmax(1)},
-                                         {"image": images, "mask": labels}, 0)
+        logits, _ = model.evaluation_outputs(images, labels, "val")
     for b, cls in enumerate((0, 2, 2, 5)):
-        assert set(result["preds"][b].unique().tolist()) == {cls}
+        assert set(logits[b].argmax(0).unique().tolist()) == {cls}
     model.inference.flip = True
     with pytest.raises(ValueError, match="oracle_eval needs one whole-image forward of each image"):
-        model._eval_with_oracle(lambda batch, i: {"preds": model.infer(batch["image"], (32, 32))},
-                                {"image": images, "mask": labels}, 0)
+        model.evaluation_outputs(images, labels, "val")
 
 def _average_precision(scores: list[float], positives: list[bool]) -> float:
     """AP of one class: mean precision at the rank of each positive (scores sorted down; no ties)."""

@@ -285,24 +285,25 @@ def test_mvsc_total_is_eq5_and_step_is_reproducible():
     model = _mvsc()
     images, labels = _batch()
     _, losses = model.training_outputs(images, labels)
-    assert set(losses) == {"ce", "fca", "cos", "v"}
+    assert set(losses) == {"ce", "feature_alignment", "centroid_pulling", "semantic_projection"}
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
     total = model.training_step({"image": images, "mask": labels}, 0)["loss"]
-    expected = losses["ce"] + 0.1 * losses["fca"] + 1.0 * losses["cos"] + 0.05 * losses["v"]
+    expected = (losses["ce"] + 0.1 * losses["feature_alignment"] + 1.0 * losses["centroid_pulling"]
+                + 0.05 * losses["semantic_projection"])
     torch.testing.assert_close(total, expected)  # same step, same seed -> same random grouping
     other = _mvsc(seed=1)
     other.load_state_dict(model.state_dict())
-    assert other.training_outputs(images, labels)[1]["fca"] != losses["fca"]
+    assert other.training_outputs(images, labels)[1]["feature_alignment"] != losses["feature_alignment"]
 
 
 @pytest.mark.parametrize(
     "switches, terms",
     [
-        ({"feature_alignment": False}, {"ce", "cos", "v"}),
-        ({"centroid_pulling": False}, {"ce", "fca", "v"}),
-        ({"semantic_projection": False}, {"ce", "fca", "cos"}),
-        ({"centroid_enhancement": False}, {"ce", "fca", "cos", "v"}),
-        ({"groups": 1}, {"ce", "fca", "cos", "v"}),
+        ({"feature_alignment": False}, {"ce", "centroid_pulling", "semantic_projection"}),
+        ({"centroid_pulling": False}, {"ce", "feature_alignment", "semantic_projection"}),
+        ({"semantic_projection": False}, {"ce", "feature_alignment", "centroid_pulling"}),
+        ({"centroid_enhancement": False}, {"ce", "feature_alignment", "centroid_pulling", "semantic_projection"}),
+        ({"groups": 1}, {"ce", "feature_alignment", "centroid_pulling", "semantic_projection"}),
     ],
 )
 def test_mvsc_switches(switches, terms):
@@ -333,7 +334,7 @@ def test_mvsc_enhancement_sends_lv_gradient_to_the_encoder():
         model.load_state_dict(reference.state_dict())
         _, losses = model.training_outputs(images, labels)
         params = [model.centroids.weight, *model.segmodel.decoder.parameters()]
-        grad = torch.autograd.grad(losses["v"], params, allow_unused=True)
+        grad = torch.autograd.grad(losses["semantic_projection"], params, allow_unused=True)
         grads[enhancement] = (grad[0], sum(float(g.abs().sum()) for g in grad[1:] if g is not None))
     assert grads[True][1] > 0 and grads[False][1] == 0  # R - SG(R) copies the gradient to the features
     torch.testing.assert_close(grads[True][0], grads[False][0])  # d L_v / d V is unchanged (V' = V in value)

@@ -545,7 +545,7 @@ def test_ablation_tables_are_pne_overrides(table):
 
     import yaml
 
-    from segcentroids.losses import PNEObjective
+    from segcentroids.losses import PNEObjective, offline_context
     from segcentroids.methods import PNE
 
     spec = yaml.safe_load(table.read_text())
@@ -566,5 +566,5 @@ def test_ablation_tables_are_pne_overrides(table):
             assert key in arguments, override
             kwargs[key] = yaml.safe_load(value)
         objective = PNEObjective(samples_per_set=8, **kwargs)  # PNE passes its arguments on by the same names
-        objective.bind(model)
+        objective.build(offline_context(model.feature_channels, model.num_classes))
         assert torch.isfinite(objective(outputs, labels)["pne"])

@@ -3,6 +3,7 @@ training step (`MemoryUpdate`) and picture it (`MemorySimilarityLogger`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -11,30 +12,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-
-def resolve_attribute(module: nn.Module, path: str) -> Any:
-    """`module.a.b` for `path="a.b"`, with an error naming the missing part."""
-    target: Any = module
-    for part in path.split("."):
-        if not hasattr(target, part):
-            raise AttributeError(f"{type(module).__name__} has no attribute {path!r} (missing {part!r})")
-        target = getattr(target, part)
-    return target
+from segcentroids.runs import tensorboard_of
 
 
 class MemoryUpdate(L.Callback):
-    """After each training batch, `module.<memory>.update(features, labels, momentum)`.
+    """After each training batch, `memory.update(features, labels)` with the memory's own `momentum` buffer.
 
     `features` is `outputs["outputs"][features_key]`: the detached tensor the training step returned (the Baseline
-    returns `{"loss", "outputs": {name: tensor.detach()}}`); `labels` is `batch[labels_key]`; `momentum` is
-    `module.<momentum>` (set by a `MomentumSchedule`). Any method with a memory exposing `update` can use it.
+    returns `{"loss", "outputs": {name: tensor.detach()}}`); `labels` is `batch[labels_key]`. Any memory exposing
+    `update(features, labels)` can be fed this way.
     """
 
-    def __init__(self, memory: str = "memory", features_key: str = "memory_features",
-                 momentum: str = "memory_momentum", labels_key: str = "mask") -> None:
+    def __init__(self, memory: nn.Module, features_key: str = "memory_features", labels_key: str = "mask") -> None:
         self.memory = memory
         self.features_key = features_key
-        self.momentum = momentum
         self.labels_key = labels_key
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -45,15 +36,13 @@ class MemoryUpdate(L.Callback):
         if self.features_key not in step_outputs:
             raise KeyError(f"MemoryUpdate: the training step returned no outputs[{self.features_key!r}] "
                            f"(got {sorted(step_outputs)})")
-        memory = resolve_attribute(pl_module, self.memory)
-        momentum = resolve_attribute(pl_module, self.momentum)
-        memory.update(step_outputs[self.features_key], batch[self.labels_key], momentum)
+        self.memory.update(step_outputs[self.features_key], batch[self.labels_key])
 
 
 class MemoryInitialization(L.Callback):
     """MCIBI's "clustering" initialisation (Table 2): before the first training step, the row of every class seen is
     set to the centre of a one-cluster cosine k-means over that class's per-image mean features, taken by
-    `module.<features>(images)` (training mode, no grad, buffers restored afterwards) on `num_batches` training
+    `features(images)` (the module in training mode, no grad, buffers restored afterwards) on `num_batches` training
     batches (None: an epoch, as limited by `limit_train_batches`).
 
     With one cluster per class (one memory row), k-means assigns every point to it whatever the similarity and its
@@ -63,7 +52,7 @@ class MemoryInitialization(L.Callback):
     sight during training).
     """
 
-    def __init__(self, memory: str = "memory", features: str = "memory_features", num_batches: int | None = None,
+    def __init__(self, memory: nn.Module, features: Callable[[Tensor], Tensor], num_batches: int | None = None,
                  images_key: str = "image", labels_key: str = "mask") -> None:
         if num_batches is not None and num_batches < 1:
             raise ValueError(f"MemoryInitialization: num_batches must be >= 1 or None, got {num_batches}")
@@ -74,10 +63,9 @@ class MemoryInitialization(L.Callback):
         self.labels_key = labels_key
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        memory = resolve_attribute(pl_module, self.memory)
+        memory, extract = self.memory, self.features
         if trainer.ckpt_path is not None or bool(memory.initialized.any()):
             return
-        extract = resolve_attribute(pl_module, self.features)
         sums = memory.memory.new_zeros(memory.memory.shape)
         counts = memory.initialized.new_zeros(memory.initialized.shape)
         limit = self.num_batches
@@ -121,28 +109,28 @@ def similarity_image(similarity: Tensor, cell: int = 8) -> np.ndarray:
 
 
 class MemorySimilarityLogger(L.Callback):
-    """Every `every_n_steps` training steps, logs the class-by-class cosine
-    similarity of `module.<memory>.memory` as an image `train/<memory>_similarity` and its mean off-diagonal value
-    as a scalar (initialised classes only)."""
+    """Every `every_n_steps` training steps, logs the class-by-class cosine similarity of `memory.memory` as an
+    image `train/<name>_similarity` and its mean off-diagonal value as a scalar (initialised classes only)."""
 
-    def __init__(self, memory: str = "memory", every_n_steps: int = 500, cell: int = 8) -> None:
+    def __init__(self, memory: nn.Module, name: str = "memory", every_n_steps: int = 500, cell: int = 8) -> None:
         if every_n_steps < 1:
             raise ValueError(f"MemorySimilarityLogger: every_n_steps must be >= 1, got {every_n_steps}")
         self.memory = memory
+        self.name = name
         self.every_n_steps = every_n_steps
         self.cell = cell
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        memory = resolve_attribute(pl_module, self.memory)
+        memory = self.memory
         similarity = cosine_similarity_matrix(memory.memory)
         seen = memory.initialized > 0
         pair = (seen[:, None] & seen[None, :]).float() * (1 - torch.eye(len(seen), device=seen.device))
         off_diagonal = (similarity * pair).sum() / pair.sum().clamp_min(1)
-        pl_module.log(f"train/{self.memory}_mean_similarity", off_diagonal, on_step=True, on_epoch=False,
+        pl_module.log(f"train/{self.name}_mean_similarity", off_diagonal, on_step=True, on_epoch=False,
                       batch_size=1)
-        experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
-        if trainer.is_global_zero and hasattr(experiment, "add_image"):
-            experiment.add_image(f"train/{self.memory}_similarity", similarity_image(similarity, self.cell),
+        writer = tensorboard_of(trainer)
+        if trainer.is_global_zero and writer is not None:
+            writer.add_image(f"train/{self.name}_similarity", similarity_image(similarity, self.cell),
                                  trainer.global_step, dataformats="HWC")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,

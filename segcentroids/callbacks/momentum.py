@@ -1,4 +1,4 @@
-"""MomentumSchedule: sets a scheduled coefficient (e.g. a memory's momentum, MCIBI Eq. 7) on the module each step."""
+"""MomentumSchedule: sets a scheduled coefficient (e.g. a memory's momentum, MCIBI Eq. 7) on a module each step."""
 
 from __future__ import annotations
 
@@ -33,11 +33,13 @@ def set_module_value(module: torch.nn.Module, attribute: str, value: float) -> N
 
 
 class MomentumSchedule(L.Callback):
-    """Sets `pl_module.<attribute>` before every training batch and logs it as `train/<attribute>`.
+    """Sets `target.<attribute>` before every training batch and logs it as `train/<name>`.
 
     Args:
-        attribute: name of the module attribute (a float32 buffer is filled in place, so it stays identical on every
-            rank and is saved in checkpoints).
+        target: the module that owns the coefficient (e.g. a `FeatureMemory`).
+        attribute: the coefficient's attribute on `target` (a float32 buffer is filled in place, so it stays
+            identical on every rank and is saved in checkpoints).
+        name: the logged name (default: the attribute's).
         m0: initial value.
         power: poly exponent p.
         schedule: `"poly"` (Eq. 7, annealed from m0 at step 0 to `m0 * end_ratio` at the last step) or `"constant"`.
@@ -49,11 +51,13 @@ class MomentumSchedule(L.Callback):
 
     def __init__(
         self,
-        attribute: str = "memory_momentum",
+        target: torch.nn.Module,
+        attribute: str = "momentum",
         m0: float = 0.9,
         power: float = 0.9,
         schedule: Literal["poly", "constant"] = "poly",
         end_ratio: float = 0.01,
+        name: str | None = None,
     ) -> None:
         if schedule not in SCHEDULES:
             raise ValueError(f"MomentumSchedule: schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
@@ -63,7 +67,9 @@ class MomentumSchedule(L.Callback):
             raise ValueError(f"MomentumSchedule: power must be >= 0, got {power}")
         if not 0.0 <= end_ratio <= 1.0:
             raise ValueError(f"MomentumSchedule: end_ratio must be in [0, 1], got {end_ratio}")
+        self.target = target
         self.attribute = attribute
+        self.name = name or attribute
         self.m0 = m0
         self.power = power
         self.schedule = schedule
@@ -81,5 +87,5 @@ class MomentumSchedule(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         value = self.value(trainer.global_step, trainer.estimated_stepping_batches)
-        set_module_value(pl_module, self.attribute, value)
-        pl_module.log(f"train/{self.attribute}", value, on_step=True, on_epoch=False, batch_size=1)
+        set_module_value(self.target, self.attribute, value)
+        pl_module.log(f"train/{self.name}", value, on_step=True, on_epoch=False, batch_size=1)

@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from segcentroids.methods.base import Baseline
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a plug-in loss may know of the method it is added to.
+
+    Attributes:
+        feature_channels: channels of `outputs["decoder"]`, the classifier's input.
+        num_classes: K.
+        ignore_index: the label of pixels left out.
+        log: `log(name, value, batch_size)` records a training scalar (a no-op outside a Trainer).
+        step: `step()` is the current optimizer step (to seed per-step randomness).
+    """
+
+    feature_channels: int
+    num_classes: int
+    ignore_index: int
+    log: Callable[[str, Tensor, int], None]
+    step: Callable[[], int]
+
+
+def offline_context(feature_channels: int, num_classes: int, ignore_index: int = 255) -> LossContext:
+    """A context outside any method or Trainer (tests, benchmarks): logging does nothing, the step is 0."""
+    return LossContext(feature_channels, num_classes, ignore_index, lambda name, value, batch_size: None, lambda: 0)
 
 
 class ExtraLoss(nn.Module):
     """An objective composed onto a method from config.
 
-    `bind(method)` is called once the method's model exists (build heads with the right channel counts there);
+    `build(context)` is called once by the method (build heads with the context's channel counts there);
     `forward(outputs, labels)` returns named, unweighted loss terms; `weights` maps each name to its weight and is
-    merged into the method's `loss_weights`. `outputs` is the dict from `Baseline.training_outputs` (at least
-    `decoder` features and `logits`).
+    merged into the method's `loss_weights`. `outputs` are the method's training outputs (at least `decoder`
+    features and `logits`).
     """
 
     weights: dict[str, float]
@@ -25,8 +47,8 @@ class ExtraLoss(nn.Module):
         super().__init__()
         self.weights = {}
 
-    def bind(self, method: Baseline) -> None:
-        """Build parameters that depend on the method's model (default: nothing)."""
+    def build(self, context: LossContext) -> None:
+        """Build parameters that depend on the method (default: nothing)."""
 
     def forward(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -10,18 +10,15 @@ repeats them and meet their set's S positives and S negatives in batched matmuls
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segcentroids.losses.extra import ExtraLoss
+from segcentroids.losses.extra import ExtraLoss, LossContext
 from segcentroids.nn.projection import ProjectionHead
 from segcentroids.ops.resample import nearest_labels
-
-if TYPE_CHECKING:
-    from segcentroids.methods.base import Baseline
 
 _CHOICES = {
     "sampling": ("random", "first"),
@@ -330,8 +327,8 @@ class PNEObjective(ExtraLoss):
         embed_dim: channels of the projected embedding (256).
         feature: key of the method's training outputs the head reads (`"decoder"`: the classifier's input in
             Baseline).
-        in_channels: channels of that feature; None = the SegModel's `out_channels` (set it when a method's
-            classifier input differs, e.g. MCIBI's `memory_channels`).
+        in_channels: channels of that feature; None = the method's `feature_channels`, the channels of `decoder`
+            (e.g. MCIBI's `memory_channels`); set it when `feature` names another output.
         seed: with `sampling="random"` the sets are shuffled by a generator seeded from (seed, global step), so a
             run, and a resumed run, repeats.
         sampling, samples_per_set, max_anchor_set, positive_weight, positive_score, empty_negatives, form,
@@ -373,18 +370,18 @@ class PNEObjective(ExtraLoss):
         self.in_channels = in_channels
         self.seed = seed
         self.projection: ProjectionHead | None = None
-        self._method: list[Baseline] = []  # a plain list: the method is not registered as a submodule
+        self.context: LossContext | None = None
 
-    def bind(self, method: Baseline) -> None:
-        """Build the projection head for the method's features; remember the method for logging and the step."""
-        channels = self.in_channels if self.in_channels is not None else method.segmodel.out_channels
+    def build(self, context: LossContext) -> None:
+        """Build the projection head for the method's features; keep the context for logging and the step."""
+        channels = self.in_channels if self.in_channels is not None else context.feature_channels
         self.projection = ProjectionHead(channels, self.embed_dim)
-        self.loss.ignore_index = method.ignore_index
-        self._method[:] = [method]
+        self.loss.ignore_index = context.ignore_index
+        self.context = context
 
     def forward(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
-        if self.projection is None:
-            raise RuntimeError("PNEObjective.bind(method) must be called before forward")
+        if self.projection is None or self.context is None:
+            raise RuntimeError("PNEObjective.build(context) must be called before forward")
         if self.feature not in outputs or "logits" not in outputs:
             raise KeyError(f"PNEObjective needs outputs[{self.feature!r}] and outputs['logits']; got {list(outputs)}")
         features, logits = outputs[self.feature], outputs["logits"].detach()
@@ -394,12 +391,9 @@ class PNEObjective(ExtraLoss):
                              f"projection head was built for {expected}; set in_channels={features.shape[1]}")
         if logits.shape[-2:] != features.shape[-2:]:
             logits = F.interpolate(logits.float(), size=features.shape[-2:], mode="bilinear", align_corners=False)
-        method = self._method[0] if self._method else None
-        step = method.global_step if method is not None else 0
         generator = torch.Generator(device=features.device)
-        generator.manual_seed((self.seed << 32) + step)
+        generator.manual_seed((self.seed << 32) + self.context.step())
         loss, stats = self.loss.compute(self.projection(features), logits, labels, generator)
-        if method is not None and method._trainer is not None:
-            for name, value in stats.items():
-                method.log(f"train/pne/{name}", value, batch_size=labels.shape[0])
+        for name, value in stats.items():
+            self.context.log(f"train/pne/{name}", value, labels.shape[0])
         return {"pne": loss}

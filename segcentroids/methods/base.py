@@ -1,16 +1,13 @@
 """Baseline: the shared training, evaluation and prediction path every method builds on.
 
-A method subclasses `Baseline`, adds its paper's modules, and overrides `training_outputs` to return extra named
-loss terms; the base weights (`self.loss_weights`), sums and logs them (`train/loss/<name>`).
+A method subclasses `Baseline`, builds its paper's modules and overrides the hooks the class docstring lists; the
+base weights its named loss terms (`self.loss_weights`), sums and logs them (`train/loss/<name>`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -20,11 +17,11 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from segcentroids.inference import InferenceConfig, infer
-from segcentroids.losses.extra import ExtraLoss
+from segcentroids.losses.extra import ExtraLoss, LossContext
 from segcentroids.metrics import SegmentationMetrics, format_table
 from segcentroids.models import SegModel
 from segcentroids.nn.heads import FCNHead
-from segcentroids.runs import scored_state
+from segcentroids.runs import scored_state, tensorboard_of, write_record
 
 
 @dataclass
@@ -61,6 +58,15 @@ class ParamGroupRule:
     decay_mult: float = 1.0
 
 
+@dataclass
+class MethodScores:
+    """A method's own scores of one evaluation epoch: `scalars` are logged as `<split>/<name>`; each of `records`
+    (`name: (record, text)`) is written to `metrics/<split>_<name>.json` (NaN as null) and `text` printed."""
+
+    scalars: dict[str, Tensor | float] = field(default_factory=dict)
+    records: dict[str, tuple[dict, str]] = field(default_factory=dict)
+
+
 OCR_REGION_WEIGHT = 0.4  # mmseg's OCRNet: CE on the soft object regions, weight 0.4
 _NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.Embedding)
 _EMBEDDING_NAMES = ("pos_embed", "cls_token", "position_embedding", "absolute_pos_embed", "relative_position")
@@ -79,7 +85,23 @@ def poly_lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
 
 
 class Baseline(L.LightningModule):
-    """SegModel + classifier (dropout, 1x1 conv) trained with cross-entropy; the reference for every method."""
+    """SegModel + classifier (dropout, 1x1 conv) trained with cross-entropy; the reference for every method.
+
+    The template: the base owns the training step, the evaluation steps, the auxiliary losses, the weighting and
+    summing of loss terms, the outputs dict, the plug-in losses and the metric records. A method overrides only
+    these hooks (docs/architecture.md shows who calls which):
+
+    - `build_classifier()`: the module behind `classify` (None when the method's heads replace it);
+    - `head_outputs(features, labels)`: the SegModel's features -> named outputs with `decoder` (the classifier's
+      input) and `logits`; `forward` and the training step both use it;
+    - `method_losses(outputs, labels)`: the method's named, unweighted loss terms (default: `ce`);
+    - `prepare_inputs(images, labels)`: the training batch before the SegModel (default: unchanged);
+    - `evaluation_outputs(images, labels, split)`: logits at the label size and named extras (returned by the
+      step, e.g. for callbacks), default: `infer` under the test-time protocol;
+    - `update_method_metrics(split, labels, outputs)` / `method_scores(split)`: the method's own evaluation
+      metrics, which the base logs and writes beside its own;
+    - `feature_channels`: the channels of `outputs["decoder"]` (what plug-in losses build on).
+    """
 
     def __init__(
         self,
@@ -106,7 +128,8 @@ class Baseline(L.LightningModule):
         """
         super().__init__()
         # Under LightningCLI the hyper-parameters are the parsed config (plain data, segmodel included), which lets a
-        # checkpoint be re-instantiated; built by hand, the module arguments are left out of them.
+        # checkpoint be re-instantiated; built by hand, the module arguments are left out of them. A method's hooks
+        # read its own arguments from `self.hparams` while the base builds (they are set before the base's body).
         built_by_cli = _given_hyperparameters.get() is not None
         self.save_hyperparameters(ignore=None if built_by_cli else ["segmodel", "extra_losses"])
         if num_classes < 1:
@@ -117,9 +140,10 @@ class Baseline(L.LightningModule):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.dropout = dropout
         self.optim = dataclasses.replace(optim)
         self.inference = dataclasses.replace(inference)
-        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(segmodel.out_channels, num_classes, 1))
+        self.classifier = self.build_classifier()
         self.aux_head = FCNHead(segmodel.aux_channels, num_classes) if aux_weight > 0 else None
         self.loss_weights: dict[str, float] = {"ce": 1.0, "aux": aux_weight, "soft_regions": OCR_REGION_WEIGHT}
         self.param_group_rules: list[ParamGroupRule] = [
@@ -128,25 +152,62 @@ class Baseline(L.LightningModule):
         self.param_group_rules += [ParamGroupRule(p, lr_mult=m) for p, m in self.optim.lr_mults.items()]
         self.param_group_rules += [ParamGroupRule(p, decay_mult=m) for p, m in self.optim.decay_mults.items()]
         self.extra_losses = nn.ModuleList(extra_losses or [])
+        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
+
+        self._build_extra_losses()
+
+    def _build_extra_losses(self) -> None:
+        """Builds the plug-in losses for this method's features and merges their weights into `loss_weights`."""
+        context = LossContext(self.feature_channels, self.num_classes, self.ignore_index, self._log_extra,
+                              self._current_step)
         for extra in self.extra_losses:
-            extra.bind(self)
+            extra.build(context)
             taken = sorted(set(extra.weights) & set(self.loss_weights))
             if taken:
                 raise ValueError(f"extra_losses: {type(extra).__name__} names its loss terms {taken}, which another "
                                  f"loss term already uses; each term needs its own name (taken: "
                                  f"{sorted(self.loss_weights)})")
             self.loss_weights.update(extra.weights)
-        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
-        self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
 
-    # ----------------------------------------------------------------------------------------------- the model
+    def _log_extra(self, name: str, value: Tensor, batch_size: int) -> None:
+        if self._trainer is not None:
+            self.log(name, value, batch_size=batch_size)
+
+    def _current_step(self) -> int:
+        return self.global_step
+
+    # ------------------------------------------------------------------------------------------ method hooks
+    def build_classifier(self) -> nn.Module | None:
+        """The classifier `classify` applies to `outputs["decoder"]`: dropout + 1x1 conv to K classes."""
+        return nn.Sequential(nn.Dropout2d(self.dropout), nn.Conv2d(self.segmodel.out_channels, self.num_classes, 1))
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of `outputs["decoder"]`, the classifier's input."""
+        return self.segmodel.out_channels
+
     def classify(self, features: Tensor) -> Tensor:
         """Class logits at the feature stride."""
         return self.classifier(features)
 
+    def head_outputs(self, features: dict[str, Tensor | list[Tensor]], labels: Tensor | None = None
+                     ) -> dict[str, Tensor]:
+        """Named outputs from the SegModel's features: `decoder` (the classifier's input) and `logits` (K classes
+        at the feature stride), plus whatever the method's losses need. `labels` are given in training only."""
+        return {"decoder": features["decoder"], "logits": self.classify(features["decoder"])}
+
+    def method_losses(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """The method's named, unweighted loss terms (the base adds the auxiliary and plug-in terms)."""
+        return {"ce": self.seg_loss(outputs["logits"], labels)}
+
+    def prepare_inputs(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The training batch as the SegModel and the losses see it (default: unchanged)."""
+        return images, labels
+
     def forward(self, images: Tensor) -> Tensor:
         """Inference graph: logits `[B, K, H / stride, W / stride]`."""
-        return self.classify(self.segmodel(images)["decoder"])
+        return self.head_outputs(self.segmodel(images))["logits"]
 
     def seg_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy (float32) on logits upsampled bilinearly to the label size; ignore pixels left out."""
@@ -155,12 +216,21 @@ class Baseline(L.LightningModule):
         # mean over valid pixels; an all-ignore batch gives 0 with a graph instead of NaN
         return loss / (labels != self.ignore_index).sum().clamp_min(1)
 
+    # ------------------------------------------------------------------------------------------------ training
     def training_outputs(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """One training forward: named outputs (features, `logits`) and named, unweighted loss terms."""
+        """One training forward: named outputs (`decoder`, `encoder_last`, `logits` and the method's) and every
+        named, unweighted loss term (the method's, the auxiliary ones and the plug-in losses')."""
+        images, labels = self.prepare_inputs(images, labels)
         features = self.segmodel(images)
-        logits = self.classify(features["decoder"])
-        outputs = {"decoder": features["decoder"], "encoder_last": features["encoder"][-1], "logits": logits}
-        losses = {"ce": self.seg_loss(logits, labels), **self.auxiliary_losses(features, labels)}
+        outputs = {"encoder_last": features["encoder"][-1], **self.head_outputs(features, labels)}
+        losses = {**self.method_losses(outputs, labels), **self.auxiliary_losses(features, labels)}
+        for extra in self.extra_losses:
+            terms = extra(outputs, labels)
+            if not terms.keys().isdisjoint(losses):
+                raise ValueError(f"extra_losses: {type(extra).__name__} returned loss terms "
+                                 f"{sorted(terms.keys() & losses.keys())} that another loss term already uses "
+                                 f"(the method's or an earlier extra loss's); each term needs its own name")
+            losses.update(terms)
         return outputs, losses
 
     def auxiliary_losses(self, features: dict[str, Tensor | list[Tensor]], labels: Tensor) -> dict[str, Tensor]:
@@ -173,17 +243,9 @@ class Baseline(L.LightningModule):
             losses["soft_regions"] = self.seg_loss(features["soft_regions"], labels)
         return losses
 
-    # ------------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         images, labels = batch["image"], batch["mask"]
         outputs, losses = self.training_outputs(images, labels)
-        for extra in self.extra_losses:
-            terms = extra(outputs, labels)
-            if not terms.keys().isdisjoint(losses):
-                raise ValueError(f"extra_losses: {type(extra).__name__} returned loss terms "
-                                 f"{sorted(terms.keys() & losses.keys())} that another loss term already uses "
-                                 f"(the method's or an earlier extra loss's); each term needs its own name")
-            losses.update(terms)
         total = self.total_loss(losses)
         batch_size = images.shape[0]
         for name, value in losses.items():
@@ -261,59 +323,70 @@ class Baseline(L.LightningModule):
         """Logits at `out_size` under the configured test-time protocol."""
         return infer(self, images, out_size, self.inference)
 
-    def validation_outputs(self, images: Tensor, labels: Tensor, logits: Tensor) -> None:
-        """Hook for method-specific validation metrics (logits are at the label size)."""
+    def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits at the label size and the method's named extras for one evaluation batch of `split`."""
+        return self.infer(images, tuple(labels.shape[-2:])), {}
 
-    def _eval_step(self, batch: dict, metrics: SegmentationMetrics) -> dict:
+    def update_method_metrics(self, split: str, labels: Tensor, outputs: dict[str, Tensor]) -> None:
+        """Hook: update the method's own metrics of `split` from one batch's step outputs (`logits` at the label
+        size, `preds` and the extras of `evaluation_outputs`)."""
+
+    def method_scores(self, split: str) -> MethodScores | None:
+        """Hook: the method's own scores of `split` at the end of an evaluation epoch (then reset its metrics)."""
+        return None
+
+    def _eval_step(self, batch: dict, split: str, metrics: SegmentationMetrics) -> dict:
         images, labels = batch["image"], batch["mask"]
-        logits = self.infer(images, tuple(labels.shape[-2:]))
+        logits, extras = self.evaluation_outputs(images, labels, split)
         preds = logits.argmax(dim=1)
         metrics.update(preds, labels)
-        self.validation_outputs(images, labels, logits)
-        return {"preds": preds}
+        outputs = {"preds": preds, **extras}
+        self.update_method_metrics(split, labels, {"logits": logits, **outputs})
+        return outputs
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        return self._eval_step(batch, self.val_metrics)
+        return self._eval_step(batch, "val", self.val_metrics)
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        return self._eval_step(batch, self.test_metrics)
+        return self._eval_step(batch, "test", self.test_metrics)
 
     def _end_eval(self, split: str, metrics: SegmentationMetrics) -> None:
         scores = metrics.compute()
         metrics.reset()
         for key in ("mIoU", "mAcc", "aAcc"):
             self.log(f"{split}/{key}", scores[key], prog_bar=key == "mIoU")
-        if self.trainer.sanity_checking:
+        extra = self.method_scores(split)
+        if extra is not None:
+            for name, value in extra.scalars.items():
+                self.log(f"{split}/{name}", value)
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        if self.trainer.is_global_zero:
-            table = format_table(scores, self.class_names)
-            print(f"\n[{split}] epoch {self.current_epoch} step {self.global_step}\n{table}", flush=True)
-            self._write_scores(split, scores, table)
+        table = format_table(scores, self.class_names)
+        print(f"\n[{split}] epoch {self.current_epoch} step {self.global_step}\n{table}", flush=True)
+        self._write_scores(split, scores, table)
+        if extra is not None:
+            for name, (record, text) in extra.records.items():
+                print(f"\n[{split}] {text}", flush=True)
+                write_record(self.trainer, f"{split}_{name}", record)
 
     def _write_scores(self, split: str, scores: dict[str, Tensor], table: str) -> None:
         """Results to `<trainer.default_root_dir>/metrics/<split>.json` (the command's record folder, with what it
         scored) and per-class scores to TensorBoard."""
-        folder = Path(self.trainer.default_root_dir) / "metrics"
-        folder.mkdir(parents=True, exist_ok=True)
-
-        def clean(value: float) -> float | None:
-            return None if math.isnan(value) else round(value, 4)
-
         record = {
             "split": split, **scored_state(self.trainer),
-            **{key: clean(float(scores[key])) for key in ("mIoU", "mAcc", "aAcc")},
-            "IoU": {n: clean(v) for n, v in zip(self.class_names, scores["IoU"].tolist())},
-            "Acc": {n: clean(v) for n, v in zip(self.class_names, scores["Acc"].tolist())},
+            **{key: round(float(scores[key]), 4) for key in ("mIoU", "mAcc", "aAcc")},
+            "IoU": {name: round(value, 4) for name, value in zip(self.class_names, scores["IoU"].tolist())},
+            "Acc": {name: round(value, 4) for name, value in zip(self.class_names, scores["Acc"].tolist())},
         }
-        (folder / f"{split}.json").write_text(json.dumps(record, indent=2))
-        experiment = getattr(self.trainer.logger, "experiment", None)
-        if not hasattr(experiment, "add_scalar"):
+        record = write_record(self.trainer, split, record)
+        writer = tensorboard_of(self.trainer)
+        if writer is None:
             return
         for kind in ("IoU", "Acc"):
             for name, value in record[kind].items():
                 if value is not None:
-                    experiment.add_scalar(f"{split}/{kind}/{name}", value, self.global_step)
-        experiment.add_text(f"{split}/per_class", table.replace("\n", "  \n"), self.global_step)
+                    writer.add_scalar(f"{split}/{kind}/{name}", value, self.global_step)
+        writer.add_text(f"{split}/per_class", table.replace("\n", "  \n"), self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         self._end_eval("val", self.val_metrics)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Literal
 
 import lightning as L
-import torch
 from segmentation_models_pytorch.base.modules import Conv2dReLU
 from torch import Tensor
 
@@ -54,12 +53,10 @@ class MCIBI(Baseline):
         similarity_log_every_n_steps: period of the memory cosine-similarity image (diagnostics).
         **kwargs: Baseline arguments (`segmodel`, `num_classes`, `dropout`, `aux_weight`, `optim`, ...).
 
-    State: `memory.memory`, `memory.initialized` and `memory_momentum` are float32 buffers (checkpointed). The
-    callbacks from `configure_callbacks()` set the momentum before each batch and update the memory after it from
-    the step's `outputs["memory_features"]` (R, detached).
+    State: `memory.memory`, `memory.initialized` and `memory.momentum` are float32 buffers (checkpointed). The
+    callbacks from `configure_callbacks()` are given the memory: they set its momentum before each batch and update
+    it after the batch from the step's `outputs["memory_features"]` (R, detached).
     """
-
-    memory_momentum: Tensor
 
     def __init__(
         self,
@@ -81,6 +78,11 @@ class MCIBI(Baseline):
         similarity_log_every_n_steps: int = 500,
         **kwargs,
     ) -> None:
+        segmodel = kwargs["segmodel"]
+        if context_within_image is None:
+            context_within_image = getattr(segmodel, "arch", None) not in NO_CONTEXT_ARCHS
+        if not context_within_image:  # not part of FCN + MCIBI: R comes from the encoder alone
+            kwargs["segmodel"] = segmodel.encoder_only()
         super().__init__(**kwargs)
         for name, value in (("alpha", alpha), ("beta", beta)):
             if value < 0:
@@ -92,72 +94,58 @@ class MCIBI(Baseline):
             raise ValueError(f"MCIBI: memory_init must be one of {list(MEMORY_INITS)}, got {memory_init!r}")
         if rcl_start_step is not None and rcl_start_step < 0:
             raise ValueError(f"MCIBI: rcl_start_step must be >= 0 or None, got {rcl_start_step}")
-        segmodel = self.segmodel
-        if context_within_image is None:
-            context_within_image = getattr(segmodel, "arch", None) not in NO_CONTEXT_ARCHS
         self.context_within_image = context_within_image
-        if not context_within_image:
-            segmodel.decoder = None  # not part of FCN + MCIBI: R comes from the encoder alone
-        dropout = self.hparams.dropout
         # R (Eq. 1): 3x3 conv-BN-ReLU bottleneck on the encoder's last stage
-        self.bottleneck = Conv2dReLU(segmodel.encoder_channels[-1], memory_channels, 3, padding=1)
+        self.bottleneck = Conv2dReLU(self.segmodel.encoder_channels[-1], memory_channels, 3, padding=1)
         self.memory = FeatureMemory(self.num_classes, memory_channels, weighting=weighting,
                                     update_resolution=update_resolution,
                                     init="first_batch_mean" if memory_init == "clustering" else memory_init,
-                                    ignore_index=self.ignore_index)
-        self.register_buffer("memory_momentum", torch.tensor(float(m0)))
-        self.dca = DatasetContextAggregation(memory_channels, self.num_classes, transform_channels, dropout)
-        self.fusion = ContextFusion(memory_channels, fuse, segmodel.out_channels if context_within_image else None,
-                                    transform_channels)
-        self.classifier = ClassHead(memory_channels, self.num_classes, memory_channels, dropout)  # H2, Eq. 5
+                                    ignore_index=self.ignore_index, momentum=m0)
+        self.dca = DatasetContextAggregation(memory_channels, self.num_classes, transform_channels, self.dropout)
+        self.fusion = ContextFusion(memory_channels, fuse,
+                                    self.segmodel.out_channels if context_within_image else None, transform_channels)
         self.loss_weights.update({"class_probability": alpha, "memory": beta})
         self.rcl = rcl
         self.rcl_start_step = rcl_start_step
-        self.momentum_schedule = MomentumSchedule("memory_momentum", m0, momentum_power, momentum_schedule)
+        self.momentum_schedule = MomentumSchedule(self.memory, "momentum", m0, momentum_power, momentum_schedule,
+                                                  name="memory_momentum")
         self.similarity_log_every_n_steps = similarity_log_every_n_steps
         self.memory_initialization = None
         if memory_init == "clustering":
-            self.memory_initialization = MemoryInitialization("memory", "memory_features", memory_init_batches)
+            self.memory_initialization = MemoryInitialization(self.memory, self.memory_features, memory_init_batches)
 
     # ----------------------------------------------------------------------------------------------- the model
-    def _representations(self, images: Tensor) -> tuple[dict, Tensor, Tensor | None]:
-        """SegModel outputs, R (Eq. 1) and C_wi (Eq. 3, or None)."""
-        if self.context_within_image:
-            out = self.segmodel(images)
-            within = out["decoder"]
-        else:
-            out = {"encoder": self.segmodel.encoder(images)}
-            within = None
-        return out, self.bottleneck(out["encoder"][-1]), within
+    def build_classifier(self) -> ClassHead:
+        """H2 (Eq. 5) on the fused representation of `memory_channels`."""
+        channels = self.hparams.memory_channels
+        return ClassHead(channels, self.num_classes, channels, self.dropout)
+
+    @property
+    def feature_channels(self) -> int:
+        return self.hparams.memory_channels
 
     def memory_features(self, images: Tensor) -> Tensor:
         """R (Eq. 1), the representations the memory is built from."""
-        return self._representations(images)[1]
+        return self.bottleneck(self.segmodel(images)["encoder"][-1])
 
-    def _augment(self, features: Tensor, within: Tensor | None) -> tuple[Tensor, Tensor]:
-        """H1 logits (Eq. 11) and R_aug = F(R, C_bi, C_wi) (Eq. 2, 4)."""
-        class_logits, beyond = self.dca(features, self.memory.memory)
-        return class_logits, self.fusion(features, beyond, within)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Inference graph: logits `H2(R_aug)` (Eq. 5, before upsampling); no memory update, no RCL."""
-        _, features, within = self._representations(images)
-        return self.classify(self._augment(features, within)[1])
+    def head_outputs(self, features: dict, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """R (Eq. 1), H1's logits (Eq. 11), R_aug = F(R, C_bi, C_wi) (Eq. 2-4) as `decoder` and H2's `logits`
+        (Eq. 5). Inference uses `logits` only: no memory update, no RCL."""
+        representations = self.bottleneck(features["encoder"][-1])
+        class_logits, beyond = self.dca(representations, self.memory.memory)
+        within = features["decoder"] if self.context_within_image else None
+        augmented = self.fusion(representations, beyond, within)
+        return {"memory_features": representations, "class_logits": class_logits, "decoder": augmented,
+                "logits": self.classify(augmented)}
 
     # ------------------------------------------------------------------------------------------------ training
-    def training_outputs(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        out, features, within = self._representations(images)
-        class_logits, augmented = self._augment(features, within)
-        logits = self.classify(augmented)
-        outputs = {"memory_features": features, "decoder": augmented, "encoder_last": out["encoder"][-1],
-                   "class_logits": class_logits, "logits": logits}
-        losses = {"ce": self.seg_loss(logits, labels),  # L_O, Eq. 18
-                  "class_probability": self.seg_loss(class_logits, labels)}  # L_W, Eq. 16
-        losses.update(self.auxiliary_losses(out, labels))
+    def method_losses(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        losses = {"ce": self.seg_loss(outputs["logits"], labels),  # L_O, Eq. 18
+                  "class_probability": self.seg_loss(outputs["class_logits"], labels)}  # L_W, Eq. 16
         if self.rcl and self.global_step >= self._rcl_start():
             losses["memory"] = representation_consistency_loss(self.classifier, self.memory.memory,
                                                                self.memory.initialized)  # L_M, Eq. 15, 17
-        return outputs, losses
+        return losses
 
     def _rcl_start(self) -> int:
         if self.rcl_start_step is not None:
@@ -173,6 +161,12 @@ class MCIBI(Baseline):
     def configure_callbacks(self) -> list[L.Callback]:
         """The momentum schedule (Eq. 7), the memory update after each step (Eq. 6-10) and its diagnostics (and the
         clustering initialisation before training, when chosen)."""
-        callbacks = [self.momentum_schedule, MemoryUpdate("memory", "memory_features", "memory_momentum"),
-                     MemorySimilarityLogger("memory", self.similarity_log_every_n_steps)]
+        callbacks = [self.momentum_schedule, MemoryUpdate(self.memory, "memory_features"),
+                     MemorySimilarityLogger(self.memory, "memory", self.similarity_log_every_n_steps)]
         return callbacks if self.memory_initialization is None else [self.memory_initialization, *callbacks]
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Checkpoints written before the momentum moved into the memory keep loading."""
+        if prefix + "memory_momentum" in state_dict:
+            state_dict[prefix + "memory.momentum"] = state_dict.pop(prefix + "memory_momentum")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

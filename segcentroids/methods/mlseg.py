@@ -12,12 +12,14 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelStatScores
 
+from segcentroids.inference import infer
 from segcentroids.losses.asymmetric import AsymmetricLoss
-from segcentroids.methods.base import Baseline, ParamGroupRule
+from segcentroids.methods.base import Baseline, MethodScores, ParamGroupRule
 from segcentroids.nn.multilabel import MultiLabelHead, SelectedLabelClassifier
 from segcentroids.ops.selection import (
     labels_to_ranks,
@@ -101,7 +103,6 @@ class MLSeg(Baseline):
                            class_tokens=classifier == "mask_transformer")
             if multi_task else None
         )
-        del self.classifier  # replaced by the selected-label classifier psi
         self.selected_classifier = SelectedLabelClassifier(
             channels, self.num_classes, self.kappa if label_selection else self.num_classes, classifier,
             rank_temperature, embed_dim=embed_dim, class_embed=not multi_task, num_layers=num_layers,
@@ -121,9 +122,6 @@ class MLSeg(Baseline):
                 "pixel_recall_at_kappa": MeanMetric(),
             }) for split in ("val", "test")
         }) if multi_task else None
-        self._oracle_targets: Tensor | None = None
-        self._oracle_offset = 0  # whole-image inference runs the batch in chunks (window_batch_size), in order
-        self._eval_scores: Tensor | None = None
 
     # ----------------------------------------------------------------------------------------------- the model
     def select_and_classify(self, features: Tensor, oracle_targets: Tensor | None = None
@@ -144,25 +142,33 @@ class MLSeg(Baseline):
             rank_logits = suppress_classes(rank_logits, keep > 0)
         return rank_logits, selected, scores
 
+    def build_classifier(self) -> None:
+        """None: the selected-label classifier psi (`selected_classifier`) replaces the plain classifier."""
+        return None
+
     def _class_logits(self, rank_logits: Tensor, selected: Tensor | None) -> Tensor:
         return rank_logits if selected is None else scatter_to_classes(rank_logits, selected, self.num_classes)
 
     def classify(self, features: Tensor) -> Tensor:
-        """K-channel logits; unselected classes sit far below every selected one. In evaluation with
-        `oracle_eval`, only the classes of the current batch's ground truth are kept (the batch may come in chunks
-        of `inference.window_batch_size` images, in order)."""
-        oracle = self._oracle_targets
-        if oracle is not None:
-            start, count = self._oracle_offset, features.shape[0]
-            if start + count > oracle.shape[0]:
-                raise ValueError(f"oracle_eval needs one whole-image forward of each image: {start + count} inputs "
-                                 f"for {oracle.shape[0]} label maps (inference.mode={self.inference.mode!r}, "
-                                 f"scales={list(self.inference.scales)}, flip={self.inference.flip})")
-            oracle, self._oracle_offset = oracle[start : start + count], start + count
-        rank_logits, selected, scores = self.select_and_classify(features, oracle)
-        if not self.training:
-            self._eval_scores = scores
+        """K-channel logits; unselected classes sit far below every selected one."""
+        rank_logits, selected, _ = self.select_and_classify(features)
         return self._class_logits(rank_logits, selected)
+
+    def head_outputs(self, features: dict, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """`logits` over K classes (unselected classes far below every selected one), the `rank_logits` psi
+        scored, the `selected` classes and the `multilabel_logits` (with MT). With labels and an oracle switched on
+        for the current mode, psi keeps only the ground-truth classes."""
+        oracle = self.oracle_train if self.training else self.oracle_eval
+        targets = multi_hot_labels(labels, self.num_classes, self.ignore_index) if oracle and labels is not None \
+            else None
+        rank_logits, selected, scores = self.select_and_classify(features["decoder"], targets)
+        outputs = {"decoder": features["decoder"], "rank_logits": rank_logits,
+                   "logits": self._class_logits(rank_logits, selected)}
+        if selected is not None:
+            outputs["selected"] = selected
+        if scores is not None:
+            outputs["multilabel_logits"] = scores
+        return outputs
 
     def multilabel_scores(self, images: Tensor) -> Tensor:
         """Multi-label logits `[B, K]` of xi (needs `multi_task`)."""
@@ -170,88 +176,82 @@ class MLSeg(Baseline):
             raise ValueError("multilabel_scores needs multi_task=True")
         return self.multilabel_head(self.segmodel(images)["decoder"])[0]
 
-    def training_outputs(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        features = self.segmodel(images)
-        targets = multi_hot_labels(labels, self.num_classes, self.ignore_index)
-        rank_logits, selected, scores = self.select_and_classify(
-            features["decoder"], targets if self.oracle_train else None
-        )
+    def method_losses(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """`ce` over the selected labels (ground truth re-indexed to ranks, unselected classes ignored) and the
+        asymmetric `multilabel` loss on the image-level labels (with MT)."""
+        selected = outputs.get("selected")
         rank_labels = labels if selected is None else labels_to_ranks(labels, selected, self.num_classes,
                                                                        self.ignore_index)
-        losses = {"ce": self.seg_loss(rank_logits, rank_labels)}
-        outputs = {"decoder": features["decoder"], "encoder_last": features["encoder"][-1],
-                   "logits": self._class_logits(rank_logits, selected)}
-        if scores is not None:
-            losses["multilabel"] = self.multilabel_loss(scores, targets)
-            outputs["multilabel_logits"] = scores
-        losses.update(self.auxiliary_losses(features, labels))
-        return outputs, losses
+        losses = {"ce": self.seg_loss(outputs["rank_logits"], rank_labels)}
+        if "multilabel_logits" in outputs:
+            targets = multi_hot_labels(labels, self.num_classes, self.ignore_index)
+            losses["multilabel"] = self.multilabel_loss(outputs["multilabel_logits"], targets)
+        return losses
 
     # --------------------------------------------------------------------------------------------- evaluation
-    def _eval_with_oracle(self, step, batch: dict, batch_idx: int) -> dict:
+    def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits under the test-time protocol and, with MT, the batch's `multilabel_logits`: those of the
+        inference forward when it is one plain whole-image forward per image, else of one more forward. With
+        `oracle_eval` the whole-image forward of each chunk of `inference.window_batch_size` images keeps the
+        classes of those images' ground truth."""
         if self.oracle_eval and self.inference.mode != "whole":  # windows of several images share a forward
             raise ValueError(f"oracle_eval needs inference.mode='whole', got {self.inference.mode!r}")
-        if self.oracle_eval:
-            self._oracle_targets = multi_hot_labels(batch["mask"], self.num_classes, self.ignore_index)
-            self._oracle_offset = 0
-        try:
-            result = step(batch, batch_idx)
-        finally:
-            self._oracle_targets = None
-        if self._eval_scores is not None:  # for diagnostics callbacks (TopLabelHistogram)
-            result["multilabel_logits"] = self._eval_scores
-        return result
+        scores: list[Tensor] = []
+        done = 0  # images already through the model: chunks come in order
 
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        return self._eval_with_oracle(super().validation_step, batch, batch_idx)
+        def logits_of(chunk: Tensor) -> Tensor:
+            nonlocal done
+            if done + chunk.shape[0] > images.shape[0] and self.oracle_eval:
+                raise ValueError(f"oracle_eval needs one whole-image forward of each image: {done + chunk.shape[0]} "
+                                 f"inputs for {labels.shape[0]} label maps (inference.mode={self.inference.mode!r}, "
+                                 f"scales={list(self.inference.scales)}, flip={self.inference.flip})")
+            chunk_labels = labels[done : done + chunk.shape[0]]
+            done += chunk.shape[0]
+            outputs = self.head_outputs(self.segmodel(chunk), chunk_labels)
+            if "multilabel_logits" in outputs:
+                scores.append(outputs["multilabel_logits"])
+            return outputs["logits"]
 
-    def test_step(self, batch: dict, batch_idx: int) -> dict:
-        return self._eval_with_oracle(super().test_step, batch, batch_idx)
+        logits = infer(logits_of, images, tuple(labels.shape[-2:]), self.inference)
+        if self.multilabel_head is None:
+            return logits, {}
+        one_forward = self.inference.mode == "whole" and not self.inference.augmented
+        multilabel = torch.cat(scores) if one_forward else self.multilabel_scores(images)
+        return logits, {"multilabel_logits": multilabel.float()}
 
-    def validation_outputs(self, images: Tensor, labels: Tensor, logits: Tensor) -> None:
+    def update_method_metrics(self, split: str, labels: Tensor, outputs: dict[str, Tensor]) -> None:
         """Multi-label mAP, recall of the ground-truth classes within the top-kappa (per class occurrence) and
         the fraction of labelled pixels whose class is selected."""
         if self.multilabel_metrics is None:
             return
-        scores = self._eval_scores
-        # the scores cached by the last forward are the batch's own only for one plain whole-image forward
-        if (scores is None or scores.shape[0] != images.shape[0] or self.inference.mode != "whole"
-                or self.inference.augmented):
-            scores = self.multilabel_scores(images)
-        self._eval_scores = scores = scores.float()
+        scores = outputs["multilabel_logits"]
         targets = multi_hot_labels(labels, self.num_classes, self.ignore_index)
         selected = select_top_labels(scores, self.kappa)
         hits = targets.gather(1, selected).sum(dim=1)
         present = targets.sum(dim=1)
         valid = (labels != self.ignore_index).flatten(1).sum(dim=1).float()
         kept = (labels_to_ranks(labels, selected, self.num_classes, self.ignore_index) != self.ignore_index)
-        metrics = self.multilabel_metrics["test" if self.trainer.testing else "val"]
+        metrics = self.multilabel_metrics[split]
         metrics["average_precision"].update(scores.sigmoid(), targets.long())
         metrics["label_counts"].update(scores.sigmoid(), targets.long())
         metrics["recall_at_kappa"].update(hits / present.clamp_min(1), present)
         metrics["pixel_recall_at_kappa"].update(kept.flatten(1).sum(dim=1) / valid.clamp_min(1), valid)
 
-    def _end_multilabel(self, split: str) -> None:
+    def method_scores(self, split: str) -> MethodScores | None:
+        """`multilabel_mAP` over the classes present in the split, `recall_at_kappa`, `pixel_recall_at_kappa` (%)."""
         if self.multilabel_metrics is None:
-            return
+            return None
         metrics = self.multilabel_metrics[split]
         if metrics["recall_at_kappa"].update_count == 0:  # nothing evaluated (e.g. no validation batch)
-            return
+            return None
         with warnings.catch_warnings():  # torchmetrics warns about classes absent from the split
             warnings.simplefilter("ignore")
             average_precision = metrics["average_precision"].compute()
         present = metrics["label_counts"].compute()[:, 4] > 0  # support: images holding the class
         # mAP over the classes present in the split (absent classes have no defined AP)
-        self.log(f"{split}/multilabel_mAP", average_precision[present].mean() * 100)
+        scalars = {"multilabel_mAP": average_precision[present].mean() * 100}
         for name in ("recall_at_kappa", "pixel_recall_at_kappa"):
-            self.log(f"{split}/{name}", metrics[name].compute() * 100)
+            scalars[name] = metrics[name].compute() * 100
         for metric in metrics.values():
             metric.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        self._end_multilabel("val")
-
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self._end_multilabel("test")
+        return MethodScores(scalars)

@@ -34,9 +34,9 @@ class MVSC(Baseline):
     Args:
         groups: number of centroid groups G (Table 3: 1, 2, 4, 8).
         tau: InfoNCE temperature of L_fca.
-        lambda_f: weight of L_fca (Eq. 5).
-        lambda_c: weight of L_cos (Eq. 5).
-        lambda_v: weight of L_v (Eq. 5).
+        lambda_f: weight of L_fca (Eq. 5), the loss term `feature_alignment`.
+        lambda_c: weight of L_cos (Eq. 5), the loss term `centroid_pulling`.
+        lambda_v: weight of L_v (Eq. 5), the loss term `semantic_projection`.
         negatives: L_fca negatives: the global centroids of `"all"` other classes or only of those `"present"` in
             the batch.
         feature_alignment: use L_fca (Table 2 column L_fca).
@@ -84,7 +84,8 @@ class MVSC(Baseline):
         self.centroids: Centroids | None = None
         if feature_alignment or centroid_pulling or semantic_projection:
             self.centroids = Centroids(groups, self.num_classes, self.segmodel.out_channels, std=centroid_std)
-        self.loss_weights.update({"fca": lambda_f, "cos": lambda_c, "v": lambda_v})
+        self.loss_weights.update({"feature_alignment": lambda_f, "centroid_pulling": lambda_c,
+                                  "semantic_projection": lambda_v})
         self._generator: torch.Generator | None = None
 
     def step_generator(self, device: torch.device) -> torch.Generator:
@@ -94,10 +95,12 @@ class MVSC(Baseline):
         step_seed = ((self.seed * _SEED_STRIDE + self.global_step) * _SEED_STRIDE + self.global_rank) % 2**63
         return self._generator.manual_seed(step_seed)
 
-    def training_outputs(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        outputs, losses = super().training_outputs(images, labels)
+    def method_losses(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """The Baseline's `ce` and, per switch, `feature_alignment` (L_fca, Eq. 2), `centroid_pulling` (L_cos,
+        Eq. 3) and `semantic_projection` (L_v, Eq. 4 and the dense classifier)."""
+        losses = super().method_losses(outputs, labels)
         if self.centroids is None:
-            return outputs, losses
+            return losses
         features = outputs["decoder"]
         generator = self.step_generator(features.device)
         centroids = self.centroids()
@@ -108,15 +111,17 @@ class MVSC(Baseline):
                     features.float(), labels, self.groups, generator, self.ignore_index, self.num_classes
                 )
             if self.feature_alignment:  # Eq. 2
-                losses["fca"] = feature_centroid_alignment_loss(
+                losses["feature_alignment"] = feature_centroid_alignment_loss(
                     region_means, centroids, present, self.tau, self.negatives
                 )
             if self.centroid_pulling:  # Eq. 3
-                losses["cos"] = centroid_pulling_loss(centroids, generator)
+                losses["centroid_pulling"] = centroid_pulling_loss(centroids, generator)
         if self.semantic_projection:
             # Eq. 4, then the same classifier as the dense features, CE against the centroid's class (L_v)
             projected = centroid_enhancement(centroids, region_means) if self.use_enhancement else centroids
             groups, num_classes, dim = projected.shape
             centroid_logits = self.classify(projected.reshape(groups * num_classes, dim, 1, 1))
-            losses["v"] = centroid_semantic_loss(centroid_logits.reshape(groups, num_classes, num_classes), present)
-        return outputs, losses
+            losses["semantic_projection"] = centroid_semantic_loss(
+                centroid_logits.reshape(groups, num_classes, num_classes), present
+            )
+        return losses

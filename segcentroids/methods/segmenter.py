@@ -19,9 +19,12 @@ class Segmenter(Baseline):
             num_layers, num_heads, mlp_ratio, decoder_dropout: the decoder's transformer blocks (paper: 2, 12, 4, 0.1).
         """
         super().__init__(**kwargs)
-        channels = self.segmodel.out_channels
-        self.classifier = SelectedLabelClassifier(
+
+    def build_classifier(self) -> SelectedLabelClassifier:
+        """The mask-transformer decoder over all K class embeddings."""
+        channels, args = self.segmodel.out_channels, self.hparams
+        return SelectedLabelClassifier(
             channels, self.num_classes, self.num_classes, "mask_transformer", "layernorm",
-            embed_dim=embed_dim or channels, class_embed=True, num_layers=num_layers, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, dropout=decoder_dropout,
+            embed_dim=args.embed_dim or channels, class_embed=True, num_layers=args.num_layers,
+            num_heads=args.num_heads, mlp_ratio=args.mlp_ratio, dropout=args.decoder_dropout,
         )

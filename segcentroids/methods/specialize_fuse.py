@@ -7,8 +7,6 @@ coarsest cell predicted unity.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -17,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segcentroids.callbacks.images import colorize, denormalize, normalization_of, palette_of
-from segcentroids.methods.base import Baseline
+from segcentroids.methods.base import Baseline, MethodScores
 from segcentroids.nn.pyramid_heads import CONTEXTS, OUTPUTS, SemanticPyramidHead, UnityHead
 from segcentroids.ops.pyramid import (
     RELABEL_POLICIES,
@@ -28,6 +26,7 @@ from segcentroids.ops.pyramid import (
     pyramid_targets,
     relabel_done_by_coarser,
 )
+from segcentroids.runs import tensorboard_of
 
 FUSIONS = ("fuse", "finest")
 UNITY_EPS = 1e-6
@@ -76,7 +75,6 @@ class SpecializeFuse(Baseline):
             level_analysis: in `test`, report which level each pixel is taken from, the per-level mIoU (Table 9)
                 and log a level-assignment map beside the prediction.
         """
-        dropout = kwargs.get("dropout", 0.1)
         super().__init__(**kwargs)
         self.context = _choice("context", context, CONTEXTS)
         self.output = _choice("output", output, OUTPUTS)
@@ -93,9 +91,9 @@ class SpecializeFuse(Baseline):
         self.strides = self._check_strides(num_levels, strides, finest_stride)
         factors = [s // finest_stride for s in self.strides]
 
-        self.classifier = None  # replaced by the semantic pyramid head
         self.semantic_head = SemanticPyramidHead(
-            in_channels, self.num_classes, factors, semantic_channels, self.context, self.output, pool_sizes, dropout
+            in_channels, self.num_classes, factors, semantic_channels, self.context, self.output, pool_sizes,
+            self.dropout,
         )
         self.unity_head = UnityHead(in_channels, factors[:-1], unity_channels) if self.output == "pyramid" else None
         if self.unity_head is None and self.fusion == "fuse" and len(self.strides) > 1:
@@ -131,18 +129,32 @@ class SpecializeFuse(Baseline):
             labels = F.pad(labels, (0, pad_w, 0, pad_h), value=self.ignore_index)
         return images, labels
 
+    def build_classifier(self) -> None:
+        """None: the semantic pyramid head (`semantic_head`) replaces the plain classifier."""
+        return None
+
+    def prepare_inputs(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Images and labels padded to a multiple of the coarsest stride, so that the pyramid's cells tile them."""
+        return self._pad(images, labels)
+
     def pyramid(self, images: Tensor, with_unity: bool = True) -> tuple[dict, list[Tensor], list[Tensor]]:
         """Backbone features, semantic logits per level and unity probabilities per level (coarsest first) of
         images whose size is a multiple of the coarsest stride."""
         features = self.segmodel(images)
-        x = features["decoder"]
         expected = (images.shape[-2] // self.strides[-1], images.shape[-1] // self.strides[-1])
-        if tuple(x.shape[-2:]) != expected:
-            raise ValueError(f"features {tuple(x.shape[-2:])} are not at stride {self.strides[-1]} of {expected}")
-        features["feature"] = x
-        semantic = self.semantic_head(x)
+        if tuple(features["decoder"].shape[-2:]) != expected:
+            raise ValueError(f"features {tuple(features['decoder'].shape[-2:])} are not at stride "
+                             f"{self.strides[-1]} of {expected}")
+        return features, *self._levels(features["decoder"], with_unity)
+
+    def _levels(self, x: Tensor, with_unity: bool = True) -> tuple[list[Tensor], list[Tensor]]:
         unity = self.unity_head(x) if with_unity and self.unity_head is not None else []
-        return features, semantic, unity
+        return self.semantic_head(x), unity
+
+    def head_outputs(self, features: dict, labels: Tensor | None = None) -> dict:
+        """`logits` (the finest semantic level) beside the `semantic` and `unity` levels (lists, coarsest first)."""
+        semantic, unity = self._levels(features["decoder"])
+        return {"decoder": features["decoder"], "logits": semantic[-1], "semantic": semantic, "unity": unity}
 
     def classify(self, features: Tensor) -> Tensor:
         """Finest-level class logits of the semantic pyramid head."""
@@ -176,27 +188,21 @@ class SpecializeFuse(Baseline):
         loss = -(t * p.log() + (1.0 - t) * (1.0 - p).log())
         return (loss * valid).sum() / valid.sum().clamp_min(1)
 
-    def training_outputs(self, images: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def method_losses(self, outputs: dict, labels: Tensor) -> dict[str, Tensor]:
         """Eq. 1: mean CE over the L semantic levels + mean BCE over the L-1 unity levels, relabelled targets."""
-        images, labels = self._pad(images, labels)
-        features, semantic, unity = self.pyramid(images)
-        outputs = {"decoder": features["feature"], "encoder_last": features["encoder"][-1], "logits": semantic[-1]}
-        losses: dict[str, Tensor] = {}
+        semantic, unity = outputs["semantic"], outputs["unity"]
         if self.unity_head is None:
-            losses["ce"] = self.seg_loss(semantic[-1], labels)
-        else:
-            semantic_targets, unity_targets = pyramid_targets(labels, self.strides[:-1], self.ignore_index)
-            semantic_targets.append(labels)  # the finest level: CE on logits upsampled to the label size
-            semantic_targets, unity_targets = relabel_done_by_coarser(
-                semantic_targets, unity_targets, [u.detach() for u in unity], self.relabel, self.train_tau,
-                self.ignore_index,
-            )
-            ce = [self._cell_ce(y, t) for y, t in zip(semantic[:-1], semantic_targets[:-1])]
-            ce.append(self.seg_loss(semantic[-1], semantic_targets[-1]))
-            losses["ce"] = torch.stack(ce).mean()
-            losses["unity"] = torch.stack([self._unity_bce(u, t) for u, t in zip(unity, unity_targets)]).mean()
-        losses.update(self.auxiliary_losses(features, labels))  # with OCR's soft regions, which were missing here
-        return outputs, losses
+            return {"ce": self.seg_loss(semantic[-1], labels)}
+        semantic_targets, unity_targets = pyramid_targets(labels, self.strides[:-1], self.ignore_index)
+        semantic_targets.append(labels)  # the finest level: CE on logits upsampled to the label size
+        semantic_targets, unity_targets = relabel_done_by_coarser(
+            semantic_targets, unity_targets, [u.detach() for u in unity], self.relabel, self.train_tau,
+            self.ignore_index,
+        )
+        ce = [self._cell_ce(y, t) for y, t in zip(semantic[:-1], semantic_targets[:-1])]
+        ce.append(self.seg_loss(semantic[-1], semantic_targets[-1]))
+        return {"ce": torch.stack(ce).mean(),
+                "unity": torch.stack([self._unity_bce(u, t) for u, t in zip(unity, unity_targets)]).mean()}
 
     # ------------------------------------------------------------------------------------ analysis (Table 9)
     def level_outputs(self, images: Tensor, out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -216,21 +222,32 @@ class SpecializeFuse(Baseline):
             preds.append(probs.argmax(1))
         return level, torch.stack(preds, dim=1)
 
-    def test_step(self, batch: dict, batch_idx: int) -> dict:
-        result = super().test_step(batch, batch_idx)
-        if self.level_analysis and self.unity_head is not None:
-            labels = batch["mask"]
-            level, preds = self.level_outputs(batch["image"], tuple(labels.shape[-2:]))
-            confusion = level_confusion(preds, level, labels, self.num_classes, self.ignore_index)
-            self._level_confusion = confusion if self._level_confusion is None else self._level_confusion + confusion
-            if batch_idx == 0:
-                self._log_level_map(batch["image"][0], labels[0], result["preds"][0], level[0])
-        return result
+    def _analyses_levels(self, split: str) -> bool:
+        return split == "test" and self.level_analysis and self.unity_head is not None
+
+    def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """With `level_analysis` in test: also the level each pixel is taken from (`level`) and every level's
+        prediction (`level_preds`); the first batch's level map goes to TensorBoard."""
+        logits, extras = super().evaluation_outputs(images, labels, split)
+        if not self._analyses_levels(split):
+            return logits, extras
+        level, preds = self.level_outputs(images, tuple(labels.shape[-2:]))
+        if self._level_confusion is None:
+            self._log_level_map(images[0], labels[0], logits[0].argmax(0), level[0])
+        return logits, {**extras, "level": level, "level_preds": preds}
+
+    def update_method_metrics(self, split: str, labels: Tensor, outputs: dict[str, Tensor]) -> None:
+        """Adds the batch to the per-level confusion matrices of Table 9."""
+        if not self._analyses_levels(split):
+            return
+        confusion = level_confusion(outputs["level_preds"], outputs["level"], labels, self.num_classes,
+                                    self.ignore_index)
+        self._level_confusion = confusion if self._level_confusion is None else self._level_confusion + confusion
 
     def _log_level_map(self, image: Tensor, label: Tensor, pred: Tensor, level: Tensor) -> None:
         """TensorBoard image: input | ground truth | prediction | level map (dark = coarsest, yellow = finest)."""
-        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
-        if not hasattr(experiment, "add_image"):
+        writer = tensorboard_of(self.trainer)
+        if writer is None:
             return
         palette = palette_of(self.trainer, self.num_classes)
         num_levels = len(self.strides)
@@ -242,32 +259,28 @@ class SpecializeFuse(Baseline):
                   colorize(level.cpu().numpy(), level_palette.tolist(), 255)]
         if rgb.shape[:2] == panels[0].shape[:2]:
             panels.insert(0, rgb)
-        experiment.add_image("test/level_map", np.concatenate(panels, 1), self.global_step, dataformats="HWC")
+        writer.add_image("test/level_map", np.concatenate(panels, 1), self.global_step, dataformats="HWC")
 
     def on_test_epoch_start(self) -> None:
         self._level_confusion = None
 
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        if self._level_confusion is None:
-            return
+    def method_scores(self, split: str) -> MethodScores | None:
+        """Table 9: the pixel share of each assigned level and the mIoU of each level's prediction on the pixels
+        assigned to each level (`level/share_l<l>`, `level/mIoU_l<l>_by_l<l'>`; record `<split>_levels.json`)."""
+        if not self._analyses_levels(split) or self._level_confusion is None:
+            return None
         confusion = self.trainer.strategy.reduce(self._level_confusion.double(), reduce_op="sum").long()
         self._level_confusion = None
         report = level_report(confusion)
         num_levels = len(self.strides)
+        scalars = {f"level/share_l{assigned + 1}": report["share"][assigned] for assigned in range(num_levels)}
         for assigned in range(num_levels):
-            self.log(f"test/level/share_l{assigned + 1}", report["share"][assigned], sync_dist=False)
             for predicting in range(num_levels):
                 value = report["mIoU"][predicting][assigned]
                 if value == value:  # not NaN
-                    self.log(f"test/level/mIoU_l{assigned + 1}_by_l{predicting + 1}", value, sync_dist=False)
-        if self.trainer.is_global_zero:
-            table = format_level_table(report)
-            print(f"\n[test] level assignment (Table 9)\n{table}", flush=True)
-            folder = Path(self.trainer.default_root_dir) / "metrics"
-            folder.mkdir(parents=True, exist_ok=True)
-            clean = {key: json.loads(json.dumps(value).replace("NaN", "null")) for key, value in report.items()}
-            (folder / "test_levels.json").write_text(json.dumps(clean, indent=2))
+                    scalars[f"level/mIoU_l{assigned + 1}_by_l{predicting + 1}"] = value
+        text = "level assignment (Table 9)\n" + format_level_table(report)
+        return MethodScores(scalars, {"levels": (report, text)})
 
 
 def level_report(confusion: Tensor) -> dict:

@@ -1,12 +1,13 @@
 """``SegModel``: encoder + decoder from segmentation-models-pytorch (plus FCN and OCR written here), no classifier."""
 
+import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoders import ResizeConcat, build_decoder
+from .decoders import IdentityDecoder, ResizeConcat, build_decoder
 from .decoders.deeplabv3plus import ENCODER_STRIDE as DEEPLABV3PLUS_ENCODER_STRIDE
 from .encoders import ViTEncoder, build_encoder
 
@@ -120,6 +121,15 @@ class SegModel(nn.Module):
 
         out = self._forward_features(F.pad(images, (0, pad_width, 0, pad_height)))
         return {name: [crop(f) for f in value] if name == "encoder" else crop(value) for name, value in out.items()}
+
+    def encoder_only(self) -> "SegModel":
+        """A SegModel over this one's encoder (the same module, shared) without its decoder or neck: arch
+        ``identity``, ``out["decoder"]`` is the deepest encoder stage. For a method whose own modules replace the
+        decoder (MCIBI on FCN); this SegModel is left as it is."""
+        model = copy.copy(self)  # the plain attributes; the submodules are set below, on a dict of its own
+        model._modules = {"encoder": self.encoder, "neck": None, "decoder": IdentityDecoder(self.encoder_channels)}
+        model.arch, model.out_channels, model.output_stride = "identity", self.encoder_channels[-1], self.size_divisor
+        return model
 
     def _forward_features(self, images: torch.Tensor) -> dict[str, Any]:
         features = self.encoder(images)

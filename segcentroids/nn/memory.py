@@ -57,6 +57,7 @@ class FeatureMemory(nn.Module):
 
     memory: Tensor
     initialized: Tensor
+    momentum: Tensor
 
     def __init__(
         self,
@@ -66,6 +67,7 @@ class FeatureMemory(nn.Module):
         update_resolution: Literal["label", "feature"] = "label",
         init: Literal["first_batch_mean", "random_pixel"] = "first_batch_mean",
         ignore_index: int = 255,
+        momentum: float = 0.9,
     ) -> None:
         super().__init__()
         if num_classes < 1 or channels < 1:
@@ -81,6 +83,7 @@ class FeatureMemory(nn.Module):
         self.ignore_index = ignore_index
         self.register_buffer("memory", torch.zeros(num_classes, channels, dtype=torch.float32))
         self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.float32))
+        self.register_buffer("momentum", torch.tensor(float(momentum)))  # m of Eq. 6, set by a MomentumSchedule
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, channels={self.channels}, weighting={self.weighting!r}, "
@@ -88,15 +91,16 @@ class FeatureMemory(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------- update
     @torch.no_grad()
-    def update(self, features: Tensor, labels: Tensor, momentum: float | Tensor) -> None:
-        """One moving-average step (Eq. 6) from `features [B, C, h, w]` and `labels [B, H, W]` with momentum m."""
+    def update(self, features: Tensor, labels: Tensor, momentum: float | Tensor | None = None) -> None:
+        """One moving-average step (Eq. 6) from `features [B, C, h, w]` and `labels [B, H, W]` with momentum m
+        (None: the `momentum` buffer)."""
         if features.ndim != 4 or features.shape[1] != self.channels:
             raise ValueError(f"FeatureMemory: features must be [B, {self.channels}, h, w], got {tuple(features.shape)}")
         if labels.ndim != 3 or labels.shape[0] != features.shape[0]:
             raise ValueError(f"FeatureMemory: labels must be [B, H, W] with B={features.shape[0]}, "
                              f"got {tuple(labels.shape)}")
         sums, totals = global_statistics(*self.class_statistics(features.detach().float(), labels))
-        self.apply_statistics(sums, totals, momentum)
+        self.apply_statistics(sums, totals, self.momentum if momentum is None else momentum)
 
     @torch.no_grad()
     def image_class_means(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
