@@ -116,3 +116,62 @@ def test_segcentroids_check_data_command(tmp_path: Path) -> None:
         cli_main(["check-data", "--data=segcentroids.data.LIPDataModule", f"--data.init_args.root={tmp_path}",
                   "--no-count-check"])
     assert exit_info.value.code == 0
+
+
+def camvid_tree_with_faults(root: Path) -> None:
+    """CamVid with 2 clean train pairs, and in val: an undefined label value, a size mismatch, an unreadable image."""
+    for split in ("train", "val"):
+        for index in range(3 if split == "val" else 2):
+            write_image(root / split / f"f{index}.png", (12, 16), index)
+            write_png(root / f"{split}annot" / f"f{index}.png", np.full((12, 16), index, np.uint8))
+    write_png(root / "valannot" / "f0.png", np.full((12, 16), 12, np.uint8))  # 12 is neither a class nor void
+    write_png(root / "valannot" / "f1.png", np.zeros((12, 15), np.uint8))
+    (root / "val" / "f2.png").write_bytes(b"\x89PNG truncated")
+
+
+def test_camvid_is_checked_like_every_dataset(tmp_path: Path) -> None:
+    """CamVid pairs its folders with the same `scan_folders` as the others, so check-data walks it too."""
+    from segcentroids.data import CamVidDataModule
+
+    camvid_tree_with_faults(tmp_path)
+    report = check_dataset(CamVidDataModule(root=tmp_path), splits=["train", "val"], check_counts=False)
+    assert report.problems == [
+        f"val: 1 unreadable file(s): {tmp_path / 'val' / 'f2.png'}",
+        "val: 1 image/label size mismatch(es): f1.png 12x16 vs f1.png 12x15",
+        f"val: label value 12 is not allowed by the dataset's rule, in 1 file(s): {tmp_path / 'valannot' / 'f0.png'}",
+    ]
+    assert report.splits[0].checked == 2 and report.splits[0].class_pixels.tolist()[:3] == [192, 192, 0]
+
+
+def test_the_checker_and_the_dataset_find_the_same_bad_files(tmp_path: Path) -> None:
+    """Both read pairs with `load_pair`: every pair the checker flags fails to load, naming the same file."""
+    from segcentroids.data import CamVidDataModule
+
+    camvid_tree_with_faults(tmp_path)
+    data = CamVidDataModule(root=tmp_path, num_workers=0)
+    data.setup("validate")
+    problems = "\n".join(check_dataset(data, splits=["val"], check_counts=False).problems)
+    for index, (image, label) in enumerate(data.datasets["val"].pairs):
+        with pytest.raises((OSError, ValueError)) as error:
+            data.datasets["val"].load(index)
+        assert str(image) in str(error.value) or str(label) in str(error.value)
+        assert image.name in problems  # an image and its label have the same name here
+
+
+def test_a_datamodule_with_only_list_split_is_checked(tmp_path: Path) -> None:
+    """A dataset added by implementing `list_split` alone (docs/data.md) is checked from its pairs."""
+    from segcentroids.data import CamVidDataModule, SegDataModule
+
+    camvid_tree_with_faults(tmp_path)
+
+    class ListedPairs(CamVidDataModule):
+        scan_split = SegDataModule.scan_split  # the base's: not implemented
+
+        def list_split(self, split: str) -> list[tuple[Path, Path]]:
+            return [(self.root / split / "f0.png", self.root / f"{split}annot" / "f0.png")]
+
+    report = check_dataset(ListedPairs(root=tmp_path), splits=["train", "val"], check_counts=False)
+    assert [split.pairs for split in report.splits] == [1, 1]
+    assert report.problems == [
+        f"val: label value 12 is not allowed by the dataset's rule, in 1 file(s): {tmp_path / 'valannot' / 'f0.png'}"
+    ]

@@ -283,6 +283,14 @@ def test_unpaired_files_are_all_listed(tmp_path: Path) -> None:
         CamVidDataModule(root=tmp_path).setup("fit")
 
 
+def test_an_image_name_given_by_two_files_is_an_error(tmp_path: Path) -> None:
+    camvid_tree(tmp_path)
+    cv2.imwrite(str(tmp_path / "train" / "0001TP_000000.jpg"), random_image(CAMVID_SHAPE))  # next to its .png
+    with pytest.raises(ValueError, match=r"1 image name\(s\) given by two files: .*0001TP_000000.png and "
+                                         r"0001TP_000000.jpg"):
+        CamVidDataModule(root=tmp_path).list_split("train")
+
+
 def test_unreadable_image_is_named_on_load_and_by_check_files(tmp_path: Path) -> None:
     camvid_tree(tmp_path)
     (tmp_path / "val" / "0001TP_000001.jpg").write_bytes(b"\xff\xd8 not really a jpeg")

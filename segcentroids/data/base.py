@@ -9,6 +9,7 @@ checks, loading, the pipelines and the loaders.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,63 +73,103 @@ def read_label(path: Path) -> np.ndarray:
     return label
 
 
-def pair_files(
-    image_dir: Path,
-    label_dir: Path,
-    image_suffixes: Sequence[str],
-    label_suffix: str,
-    recursive: bool = False,
-) -> list[FilePair]:
-    """Pair images and labels by name (relative path minus suffix); suffixes match case-insensitively.
-
-    Raises ``FileNotFoundError`` for a missing folder or a split without images, and ``ValueError`` listing every
-    image without a label and every label without an image.
-    """
-    for folder in (image_dir, label_dir):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"split folder {folder} does not exist")
-
-    def by_name(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
-        files: dict[str, Path] = {}
-        for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
-            relative = path.relative_to(folder).as_posix()
-            suffix = next((s for s in suffixes if relative.lower().endswith(s.lower())), None)
-            if suffix is None or not path.is_file() or path.name.startswith("."):
-                continue
-            key = relative[: -len(suffix)]
-            if key in files:
-                raise ValueError(f"two files in {folder} have the name {key!r}: {files[key].name} and {path.name}")
-            files[key] = path
-        return files
-
-    images, labels = by_name(image_dir, image_suffixes), by_name(label_dir, [label_suffix])
-    if not images:
-        raise FileNotFoundError(f"no images ({'/'.join(image_suffixes)}) in split folder {image_dir}")
-    unlabelled = sorted(images.keys() - labels.keys())
-    orphans = sorted(labels.keys() - images.keys())
-    if unlabelled or orphans:
-        problems = []
-        if unlabelled:
-            names = [images[key].name for key in unlabelled]
-            problems.append(f"{len(names)} image(s) in {image_dir} without a label in {label_dir}: {short_list(names)}")
-        if orphans:
-            names = [labels[key].name for key in orphans]
-            problems.append(
-                f"{len(names)} label(s) in {label_dir} without an image in {image_dir}: {short_list(names)}"
-            )
-        raise ValueError("unpaired files: " + "; ".join(problems))
-    return [(images[key], labels[key]) for key in sorted(images)]
+def verify_image(path: Path) -> tuple[int, int]:
+    """The ``(H, W)`` of an image file checked without decoding it (header and, for PNG, every chunk's checksum, so
+    a truncated file fails); raises ``OSError`` naming the file."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise OSError(f"cannot read image file {path} ({error})") from None
+    return height, width
 
 
-def check_label_values(label: np.ndarray, raw: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> None:
-    """Raise ``ValueError`` naming ``path`` and the stored values whose mapped value is neither a class nor ignore."""
-    invalid = (label < 0) | ((label >= num_classes) & (label != ignore_index))
-    if invalid.any():
-        raise ValueError(
-            f"label file {path} holds values {np.unique(raw[invalid]).tolist()} that are neither one of the "
-            f"{num_classes} classes nor ignore ({ignore_index}) after mapping "
-            f"(mapped to {np.unique(label[invalid]).tolist()})"
+def label_reader(map_labels: LabelMapping, load_label: LabelLoader | None = None) -> LabelLoader:
+    """``path -> (stored label, train ids)``: ``load_label`` when the dataset has one (e.g. .mat files or per-file
+    rules), else ``read_label`` then ``map_labels``."""
+    if load_label is not None:
+        return load_label
+
+    def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        raw = read_label(path)
+        return raw, map_labels(raw)
+
+    return read
+
+
+def undefined_pixels(label: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Mask of the pixels whose mapped value is neither one of the ``num_classes`` classes nor ``ignore_index``."""
+    return (label < 0) | ((label >= num_classes) & (label != ignore_index))
+
+
+@dataclass
+class LoadedPair:
+    """One image/label pair read and validated by ``load_pair``: what could be read, and one error (naming the file)
+    per problem found, in the order ``raise_first`` raises them."""
+
+    image_path: Path
+    label_path: Path
+    image: np.ndarray | None = None  # uint8 RGB [H, W, 3] when decoded
+    image_size: tuple[int, int] | None = None  # (H, W)
+    raw: np.ndarray | None = None  # the label as stored [H, W]
+    label: np.ndarray | None = None  # train ids as mapped (-1: undefined) [H, W]
+    undefined: np.ndarray | None = None  # mask of the pixels whose value is neither a class nor ignore
+    image_error: Exception | None = None  # image file unreadable
+    label_error: Exception | None = None  # label file unreadable or not a single-channel map
+    size_error: ValueError | None = None  # image and label sizes differ
+    value_error: ValueError | None = None  # label values neither a class nor ignore
+
+    @property
+    def errors(self) -> list[Exception]:
+        found = (self.image_error, self.label_error, self.size_error, self.value_error)
+        return [error for error in found if error is not None]
+
+    def raise_first(self) -> None:
+        """Raise the first problem found (unreadable image, unreadable label, size mismatch, label values)."""
+        if self.errors:
+            raise self.errors[0]
+
+
+def load_pair(
+    image_path: Path,
+    label_path: Path,
+    read_labels: LabelLoader,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+    decode: bool = True,
+) -> LoadedPair:
+    """Read an image and its label and validate them: readable files, equal sizes, label values that map to a class
+    or ignore. Problems are recorded, not raised (``LoadedPair.raise_first``). ``decode=False`` only verifies the
+    image file (``verify_image``); ``read_labels`` is a ``label_reader``."""
+    pair = LoadedPair(image_path, label_path)
+    try:
+        if decode:
+            pair.image = read_image(image_path)
+            pair.image_size = pair.image.shape[:2]
+        else:
+            pair.image_size = verify_image(image_path)
+    except (OSError, ValueError) as error:
+        pair.image_error = error
+    try:
+        pair.raw, pair.label = read_labels(label_path)
+    except (OSError, ValueError) as error:
+        pair.label_error = error
+        return pair
+    raw, label = pair.raw, pair.label
+    if pair.image_size is not None and tuple(pair.image_size) != raw.shape:
+        pair.size_error = ValueError(
+            f"image {image_path} is {pair.image_size[0]}x{pair.image_size[1]} (HxW) but its label {label_path} is "
+            f"{raw.shape[0]}x{raw.shape[1]}"
         )
+    pair.undefined = undefined_pixels(label, num_classes, ignore_index)
+    if pair.undefined.any():
+        pair.value_error = ValueError(
+            f"label file {label_path} holds values {np.unique(raw[pair.undefined]).tolist()} that are neither one of "
+            f"the {num_classes} classes nor ignore ({ignore_index}) after mapping "
+            f"(mapped to {np.unique(label[pair.undefined]).tolist()})"
+        )
+    return pair
 
 
 class SegDataset(Dataset):
@@ -152,51 +193,30 @@ class SegDataset(Dataset):
         if not 0 < num_classes <= ignore_index <= 255:
             raise ValueError(f"need 0 < num_classes <= ignore_index <= 255, got {num_classes} and {ignore_index}")
         self.pairs = list(pairs)
-        self.map_labels = map_labels
         self.num_classes = num_classes
         self.transform = transform
         self.transform_mask = transform_mask
         self.ignore_index = ignore_index
-        self.load_label = load_label
+        self.read_labels = label_reader(map_labels, load_label)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _label(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        label_path = self.pairs[index][1]
-        if self.load_label is not None:  # path -> (stored label, train ids), e.g. .mat files or per-file rules
-            return self.load_label(label_path)
-        raw = read_label(label_path)
-        return raw, self.map_labels(raw)
-
-    def _check_pair(self, index: int, image_size: tuple[int, int], raw: np.ndarray, label: np.ndarray) -> None:
+    def read(self, index: int, decode: bool = True) -> LoadedPair:
+        """Pair ``index`` read and validated (``load_pair``); problems recorded, not raised."""
         image_path, label_path = self.pairs[index]
-        if image_size != raw.shape:
-            raise ValueError(
-                f"image {image_path} is {image_size[0]}x{image_size[1]} (HxW) but its label {label_path} is "
-                f"{raw.shape[0]}x{raw.shape[1]}"
-            )
-        check_label_values(label, raw, self.num_classes, self.ignore_index, label_path)
+        return load_pair(image_path, label_path, self.read_labels, self.num_classes, self.ignore_index, decode)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The checked pair: uint8 RGB image ``[H, W, 3]`` and uint8 train-id label ``[H, W]``."""
-        image = read_image(self.pairs[index][0])
-        raw, label = self._label(index)
-        self._check_pair(index, image.shape[:2], raw, label)
-        return image, label.astype(np.uint8, copy=False)
+        pair = self.read(index)
+        pair.raise_first()
+        return pair.image, pair.label.astype(np.uint8, copy=False)
 
     def verify(self, index: int) -> None:
         """`load`'s checks without decoding the image: the label is read and checked, the image file only
         verified (header and, for PNG, every chunk's checksum, so a truncated file fails)."""
-        image_path = self.pairs[index][0]
-        try:
-            with Image.open(image_path) as image:
-                width, height = image.size
-                image.verify()
-        except (OSError, SyntaxError, ValueError) as error:
-            raise OSError(f"cannot read image file {image_path} ({error})") from None
-        raw, label = self._label(index)
-        self._check_pair(index, (height, width), raw, label)
+        self.read(index, decode=False).raise_first()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label = self.load(index)
@@ -337,12 +357,12 @@ class SegDataModule(L.LightningDataModule):
 
     def list_split(self, split: str) -> list[FilePair]:
         """The ``(image_path, label_path)`` pairs of ``split`` ("train", "val" or "test"), raising naming every
-        unpaired or missing file: ``scan_split(split).checked()`` for the layouts that scan folders or lists
-        (``segcentroids.data.layouts``); CamVid pairs its own."""
+        unpaired or missing file: ``scan_split(split).checked()``."""
         return self.scan_split(split).checked()
 
     def scan_split(self, split: str) -> SplitScan:
-        """What ``split``'s folders or list files hold (a subclass implements this or ``list_split``)."""
+        """What ``split``'s folders or list files hold, unpaired files included (``segcentroids.data.layouts``'s
+        ``scan_folders`` or ``scan_list``); a subclass implements this, or ``list_split`` for pairs of its own."""
         raise NotImplementedError(f"{type(self).__name__} implements neither scan_split nor list_split")
 
     @staticmethod

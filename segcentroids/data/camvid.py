@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from segcentroids.data.base import IGNORE_INDEX, FilePair, SegDataModule, map_with_table, pair_files
+from segcentroids.data.base import IGNORE_INDEX, SegDataModule, map_with_table
+from segcentroids.data.layouts import SplitScan, scan_folders
 
 CAMVID_VOID = 11
 
@@ -44,11 +45,11 @@ class CamVidDataModule(SegDataModule):
     ) -> None:
         super().__init__(root=root, crop_size=crop_size, scale=scale, **kwargs)
 
-    def list_split(self, split: str) -> list[FilePair]:
+    def scan_split(self, split: str) -> SplitScan:
         """Pairs ``<split>/<name>.{png,jpg}`` with ``<split>annot/<name>.png``."""
         if split not in self.SPLIT_SIZES:
             raise ValueError(f"CamVid split must be one of {sorted(self.SPLIT_SIZES)}, got {split!r}")
-        return pair_files(self.root / split, self.root / f"{split}annot", self.IMAGE_SUFFIXES, ".png")
+        return scan_folders(self.root / split, self.root / f"{split}annot", self.IMAGE_SUFFIXES, (".png",))
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

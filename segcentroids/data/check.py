@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import numpy as np
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
-from segcentroids.data.base import SegDataModule, read_image, read_label, short_list
+from segcentroids.data.base import LabelLoader, SegDataModule, label_reader, load_pair, short_list
+from segcentroids.data.layouts import SplitScan
 
 
 @dataclass
@@ -142,15 +144,17 @@ class CheckReport:
         }
 
 
+def scan_split(datamodule: SegDataModule, split: str) -> SplitScan:
+    """``datamodule.scan_split(split)``, or the pairs of a DataModule that implements only ``list_split``."""
+    if type(datamodule).scan_split is SegDataModule.scan_split:
+        return SplitScan(pairs=list(datamodule.list_split(split)), where=split)
+    return datamodule.scan_split(split)
+
+
 def _list_pairs(datamodule: SegDataModule, split: str, report: SplitReport) -> list[tuple[Path, Path]]:
     """The split's pairs; unpaired files and listing errors go into ``report``."""
     try:
-        scan_split = getattr(datamodule, "scan_split", None)
-        if scan_split is None:
-            pairs = list(datamodule.list_split(split))
-            report.images = report.labels = len(pairs)
-            return pairs
-        scan = scan_split(split)
+        scan = scan_split(datamodule, split)
     except (OSError, ValueError) as error:
         report.listing_errors.append(str(error))
         return []
@@ -160,31 +164,20 @@ def _list_pairs(datamodule: SegDataModule, split: str, report: SplitReport) -> l
     return scan.pairs
 
 
-def _check_pair(datamodule: SegDataModule, num_classes: int, pair: tuple[Path, Path]) -> dict[str, Any]:
-    """Read one pair; returns the problems found and its class histogram."""
+def _check_pair(read_labels: LabelLoader, num_classes: int, ignore: int, pair: tuple[Path, Path]) -> dict[str, Any]:
+    """Read one pair with the datasets' ``load_pair``; returns the problems found and its class histogram."""
     image_path, label_path = pair
-    result: dict[str, Any] = {"unreadable": [], "size": None, "bad": {}, "hist": None, "ignore": 0}
-    try:
-        image_shape = read_image(image_path).shape[:2]
-    except (OSError, ValueError):
-        result["unreadable"].append(str(image_path))
-        image_shape = None
-    try:
-        if datamodule.load_label is not None:
-            raw, label = datamodule.load_label(label_path)
-        else:
-            raw = read_label(label_path)
-            label = datamodule.map_labels(raw)
-    except (OSError, ValueError):
-        result["unreadable"].append(str(label_path))
+    loaded = load_pair(image_path, label_path, read_labels, num_classes, ignore)
+    unreadable = [str(path) for path, error in ((image_path, loaded.image_error), (label_path, loaded.label_error))
+                  if error is not None]
+    result: dict[str, Any] = {"unreadable": unreadable, "size": None, "bad": {}, "hist": None, "ignore": 0}
+    if loaded.label_error is not None:
         return result
-    if image_shape is not None and tuple(image_shape) != tuple(raw.shape):
-        result["size"] = (
-            f"{image_path.name} {image_shape[0]}x{image_shape[1]} vs {label_path.name} {raw.shape[0]}x{raw.shape[1]}"
-        )
-    ignore = datamodule.ignore_index
-    invalid = (label < 0) | ((label >= num_classes) & (label != ignore))
-    if invalid.any():
+    raw, label, invalid = loaded.raw, loaded.label, loaded.undefined
+    if loaded.size_error is not None:
+        height, width = loaded.image_size
+        result["size"] = f"{image_path.name} {height}x{width} vs {label_path.name} {raw.shape[0]}x{raw.shape[1]}"
+    if loaded.value_error is not None:
         result["bad"] = {int(v): str(label_path) for v in np.unique(raw[invalid])}
     valid = label[~invalid].astype(np.int64)
     result["ignore"] = int((valid == ignore).sum())
@@ -203,12 +196,8 @@ def default_splits(datamodule: SegDataModule) -> list[str]:
     splits = ["train", "val"]
     if "test" not in expected_sizes(datamodule):
         return splits
-    lister = getattr(datamodule, "scan_split", None)
     try:
-        if lister is None:
-            same = datamodule.list_split("test") == datamodule.list_split("val")
-        else:
-            same = lister("test").pairs == lister("val").pairs
+        same = scan_split(datamodule, "test").pairs == scan_split(datamodule, "val").pairs
     except (OSError, ValueError):
         same = False
     return splits if same else [*splits, "test"]
@@ -234,6 +223,8 @@ def check_dataset(
         raise FileNotFoundError(f"dataset root {datamodule.root} does not exist or is not a folder")
     sizes = expected_sizes(datamodule)
     num_classes = datamodule.num_classes
+    read_labels = label_reader(datamodule.map_labels, datamodule.load_label)
+    check_pair = partial(_check_pair, read_labels, num_classes, datamodule.ignore_index)
     reports = []
     for split in splits or default_splits(datamodule):
         report = SplitReport(split=split, expected=sizes.get(split))
@@ -242,7 +233,7 @@ def check_dataset(
         pairs = pairs[:limit] if limit is not None else pairs
         report.class_pixels = np.zeros(num_classes, dtype=np.int64)
         with ThreadPoolExecutor(max(1, workers)) as pool:  # OpenCV decodes without the GIL
-            for result in _map_in_chunks(pool, lambda pair: _check_pair(datamodule, num_classes, pair), pairs):
+            for result in _map_in_chunks(pool, check_pair, pairs):
                 report.checked += 1
                 report.unreadable += result["unreadable"]
                 if result["size"]:

@@ -17,12 +17,13 @@ from segcentroids.data.base import FilePair, short_list
 @dataclass
 class SplitScan:
     """What a walk of one split found: pairs, images without a label, labels without an image, listed names
-    without an image file."""
+    without an image file, image names given by two files (``"<kept> and <other>"``)."""
 
     pairs: list[FilePair] = field(default_factory=list)
     unlabelled: list[Path] = field(default_factory=list)
     orphans: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
     where: str = ""
 
     @property
@@ -35,6 +36,8 @@ class SplitScan:
             lines.append(f"{len(self.orphans)} label(s) without an image: {short_list(self.orphans)}")
         if self.missing:
             lines.append(f"{len(self.missing)} listed name(s) without an image file: {short_list(self.missing)}")
+        if self.duplicates:
+            lines.append(f"{len(self.duplicates)} image name(s) given by two files: {short_list(self.duplicates)}")
         return lines
 
     def checked(self) -> list[FilePair]:
@@ -46,13 +49,15 @@ class SplitScan:
         return self.pairs
 
 
-def _files_by_key(folder: Path, suffixes: Sequence[str], recursive: bool) -> dict[str, Path]:
-    """Files of ``folder`` whose name ends with one of ``suffixes``, keyed by relative path minus the suffix.
+def _files_by_key(folder: Path, suffixes: Sequence[str], recursive: bool) -> tuple[dict[str, Path], list[str]]:
+    """Files of ``folder`` whose name ends with one of ``suffixes``, keyed by relative path minus the suffix, and
+    the keys given by two files (``"<kept> and <other>"``).
 
     A file takes the first suffix it ends with; when two files give the same key, the one with the earlier suffix
-    wins (e.g. ``x_labelTrainIds.png`` over ``x.png``).
+    is kept (e.g. ``x_labelTrainIds.png`` over ``x.png``).
     """
     files: dict[str, tuple[int, Path]] = {}
+    shadowed: list[tuple[Path, Path]] = []
     for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
@@ -61,9 +66,12 @@ def _files_by_key(folder: Path, suffixes: Sequence[str], recursive: bool) -> dic
         if rank is None:
             continue
         key = relative[: -len(suffixes[rank])]
+        if key in files:
+            kept, other = (path, files[key][1]) if rank < files[key][0] else (files[key][1], path)
+            shadowed.append((kept, other))
         if key not in files or rank < files[key][0]:
             files[key] = (rank, path)
-    return {key: path for key, (_, path) in files.items()}
+    return {key: path for key, (_, path) in files.items()}, [f"{kept} and {other.name}" for kept, other in shadowed]
 
 
 def scan_folders(
@@ -73,19 +81,22 @@ def scan_folders(
     label_suffixes: Sequence[str],
     recursive: bool = False,
 ) -> SplitScan:
-    """Pair images and labels of two folders by name; ``label_suffixes`` in order of preference.
+    """Pair images and labels of two folders by name (relative path minus suffix; suffixes match
+    case-insensitively). ``label_suffixes`` are in order of preference; an image name given by two files is a
+    problem (``SplitScan.duplicates``).
 
     Raises ``FileNotFoundError`` naming a missing folder.
     """
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
             raise FileNotFoundError(f"split folder {folder} does not exist")
-    images = _files_by_key(image_dir, image_suffixes, recursive)
-    labels = _files_by_key(label_dir, label_suffixes, recursive)
+    images, duplicates = _files_by_key(image_dir, image_suffixes, recursive)
+    labels, _ = _files_by_key(label_dir, label_suffixes, recursive)
     return SplitScan(
         pairs=[(images[key], labels[key]) for key in sorted(images.keys() & labels.keys())],
         unlabelled=[images[key] for key in sorted(images.keys() - labels.keys())],
         orphans=[labels[key] for key in sorted(labels.keys() - images.keys())],
+        duplicates=duplicates,
         where=f"{image_dir} and {label_dir}",
     )
 

@@ -1,0 +1,133 @@
+"""The `segcentroids-ablate` command: options, and one function per mode (array task, check, dry run, run)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from segcentroids.ablate.report import collect
+from segcentroids.ablate.runner import Task, build_tasks, check_rows, command, default_out, read_status, run_task
+from segcentroids.ablate.slurm import sbatch_script, submit_collect, submit_slurm
+from segcentroids.ablate.spec import Ablation, AblationFormatError, load_ablation
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Runner options, and the extra `segcentroids` arguments (unknown options, or everything after `--`)."""
+    parser = argparse.ArgumentParser(
+        prog="segcentroids-ablate", allow_abbrev=False,
+        description="Run an ablation table (docs/ablations.md). Arguments the runner does not know (use the "
+                    "--key=value form), or everything after '--', are appended to every row's segcentroids command.")
+    parser.add_argument("file", type=Path, help="ablation YAML file")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's)")
+    parser.add_argument("--rows", nargs="+", help="row names or slugs to run (default: all)")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/ablations/<folder>/<stem>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands (and the sbatch script)")
+    parser.add_argument("--check", action="store_true",
+                        help="parse every row's arguments with the segcentroids parser, run nothing")
+    parser.add_argument("--collect", action="store_true", help="only collect finished runs into the table")
+    parser.add_argument("--in-process", action="store_true",
+                        help="local launcher: run the commands in this process instead of one subprocess each")
+    parser.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra/overriding sbatch option")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="slurm: submit the array and a dependent collect job, and return")
+    parser.add_argument("--task", type=int, help=argparse.SUPPRESS)  # one array task (used by the sbatch script)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    args, unknown = parser.parse_known_args(argv)
+    for item in unknown:
+        if not item.startswith("--"):
+            parser.error(f"unexpected argument {item!r}: pass segcentroids arguments as --key=value or after '--'")
+    return args, unknown + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `segcentroids-ablate`; returns the exit status (1 if a row failed, 2 on a usage error)."""
+    args, extra = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        ablation = load_ablation(args.file)
+        args.out = args.out or default_out(args.file)
+        tasks = build_tasks(ablation, args.out, args.rows, args.seeds)
+    except AblationFormatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.task is not None:
+        return run_array_task(ablation, tasks, args.task, extra)
+    if args.check:
+        return check(ablation, tasks, args.file, extra)
+    pending = [i for i, task in enumerate(tasks) if read_status(task).get("status") != "done"]
+    if args.dry_run:
+        return dry_run(ablation, tasks, pending, args, extra)
+    failed: list[Task] = []
+    if args.launcher == "local" and not args.collect:
+        failed = run_local(ablation, tasks, extra, args.in_process)
+    elif args.launcher == "slurm" and not args.collect and pending:
+        job = submit_slurm(sbatch_script(ablation, args.file, pending, args, extra), args.out,
+                           wait=not args.no_wait)
+        print(f"[ablate] submitted array job {job} ({len(pending)} tasks)", flush=True)
+        if args.no_wait:
+            submit_collect(ablation, args, job)
+            return 0
+        failed = [t for t in tasks if read_status(t).get("status") != "done"]
+    return report(ablation, tasks, args.out, failed)
+
+
+def run_array_task(ablation: Ablation, tasks: list[Task], index: int, extra: list[str]) -> int:
+    """One task of the array job (all ranks of it under srun), in this process."""
+    if not 0 <= index < len(tasks):
+        print(f"error: --task {index} outside 0..{len(tasks) - 1}", file=sys.stderr)
+        return 2
+    return 1 if run_task(ablation, tasks[index], extra, in_process=True) == "failed" else 0
+
+
+def check(ablation: Ablation, tasks: list[Task], file: Path, extra: list[str]) -> int:
+    """`--check`: every row's arguments parsed, nothing run; 1 if a row does not parse."""
+    errors = check_rows(ablation, tasks, extra)
+    for name, message in errors.items():
+        print(f"{file}: row {name!r}: {message}", file=sys.stderr)
+    print(f"{file}: {len({t.row.name for t in tasks}) - len(errors)} rows parse, {len(errors)} do not")
+    return 1 if errors else 0
+
+
+def dry_run(ablation: Ablation, tasks: list[Task], pending: list[int], args: argparse.Namespace,
+            extra: list[str]) -> int:
+    """`--dry-run`: the commands of every task (and the sbatch script of the pending ones), nothing run."""
+    print(f"# {ablation.title}\n# {len(tasks)} runs ({len(pending)} to do) in {args.out}")
+    for i, task in enumerate(tasks):
+        state = read_status(task).get("status", "pending")
+        print(f"\n# [{i}] {task.row.name} / seed {task.seed} ({state}): {task.run_dir}")
+        for step in ("fit", ablation.evaluate):
+            print(shlex.join(["segcentroids", *command(ablation, task, step, extra)]))
+    if args.launcher == "slurm" and pending:
+        print("\n# sbatch script\n" + sbatch_script(ablation, args.file, pending, args, extra), end="")
+    elif args.launcher == "slurm":
+        print("\n# sbatch script: nothing to submit, every run is done")
+    return 0
+
+
+def run_local(ablation: Ablation, tasks: list[Task], extra: list[str], in_process: bool) -> list[Task]:
+    """Every task in turn on this machine; returns the ones that failed."""
+    failed = []
+    for i, task in enumerate(tasks):
+        print(f"[ablate] ({i + 1}/{len(tasks)}) {task.row.name} / seed {task.seed} -> {task.run_dir}", flush=True)
+        outcome = run_task(ablation, task, extra, in_process=in_process)
+        print(f"[ablate] {task.row.name} / seed {task.seed}: {outcome}", flush=True)
+        if outcome == "failed":
+            failed.append(task)
+    return failed
+
+
+def report(ablation: Ablation, tasks: list[Task], out: Path, failed: list[Task]) -> int:
+    """Writes and prints the table, then the failed tasks (also those a status file marks failed); 1 if any."""
+    print(collect(ablation, tasks, out))
+    failed = failed or [t for t in tasks if read_status(t).get("status") == "failed"]
+    for task in failed:
+        error = read_status(task).get("error") or "did not finish"
+        print(f"[ablate] FAILED {task.row.name} / seed {task.seed} ({task.run_dir}): {error.splitlines()[0]}",
+              file=sys.stderr)
+    print(f"[ablate] table: {out / 'table.md'} and {out / 'table.csv'}")
+    return 1 if failed else 0
