@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -34,3 +35,11 @@ TINY_RUN = [
 def tiny_overrides(run_dir: Path, *extra: str) -> list[str]:
     """Arguments that shrink any config to a tiny CPU run in `run_dir`."""
     return [*TINY_RUN, f"--trainer.default_root_dir={run_dir}", *extra]
+
+
+def segmodel_args(config: Path) -> dict:
+    """The SegModel init_args of an experiment file, read through its `segmodel:` block file (configs/model/)."""
+    segmodel = yaml.safe_load(config.read_text())["model"]["init_args"]["segmodel"]
+    if isinstance(segmodel, str):  # a path relative to the experiment file, as jsonargparse resolves it
+        segmodel = yaml.safe_load((config.parent / segmodel).read_text())
+    return segmodel["init_args"]

@@ -28,15 +28,18 @@ DATASETS = {
     "pascal_context59": (pascal_context_tree, ["pascal_context", "pascal_context_ms_flip"]),
     "lip": (lip_tree, ["lip", "lip_flip"]),
 }
+# slide-window blocks that experiments include (configs/experiments/**: `inference: ../../inference/<name>.yaml`)
+WINDOW_BLOCKS = ["slide480x480", "slide512x512", "slide512x1024_stride512x768"]
 
 
 def test_every_config_file_is_covered() -> None:
-    assert {p.stem for p in (CONFIGS / "inference").glob("*.yaml")} == {i for _, c in DATASETS.values() for i in c}
+    protocols = {i for _, c in DATASETS.values() for i in c}
+    assert {p.stem for p in (CONFIGS / "inference").glob("*.yaml")} == protocols | set(WINDOW_BLOCKS)
     data_files = {p.stem for p in (CONFIGS / "data").glob("*.yaml")}
     assert set(DATASETS) <= data_files
 
 
-@pytest.mark.parametrize("name", sorted({i for _, c in DATASETS.values() for i in c}))
+@pytest.mark.parametrize("name", sorted({i for _, c in DATASETS.values() for i in c}) + WINDOW_BLOCKS)
 def test_inference_configs_are_valid(name: str) -> None:
     config = InferenceConfig(**yaml.safe_load((CONFIGS / "inference" / f"{name}.yaml").read_text()))
     assert config.mode in ("whole", "slide")

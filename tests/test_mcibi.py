@@ -32,6 +32,7 @@ from segcentroids.methods import MCIBI, Baseline
 from segcentroids.models import SegModel
 from segcentroids.nn.dataset_context import ContextFusion, CrossAttention, DatasetContextAggregation
 from segcentroids.nn.memory import RESOLUTIONS, WEIGHT_EPS, FeatureMemory
+from tests.conftest import segmodel_args
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -601,7 +602,7 @@ def _fast_dev_run(config: Path, run_dir: Path, *extra: str) -> None:
     """fast_dev_run of a config on the tiny synthetic data with a tiny SegModel of the same arch."""
     from segcentroids.cli import main
 
-    arch = yaml.safe_load(config.read_text())["model"]["init_args"]["segmodel"]["init_args"]["arch"]
+    arch = segmodel_args(config)["arch"]
     tiny = {"arch": arch, "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32}
     if arch == "ocr":
         tiny["num_classes"] = 8
@@ -652,7 +653,7 @@ def test_ablation_rows_are_mcibi_overrides(table: Path):
     names = [row["name"] for row in spec["rows"]]
     assert len(set(names)) == len(names) and set(spec["paper"]) == set(names) and spec["baseline"] in names
     arguments = inspect.signature(MCIBI.__init__).parameters
-    base_arch = yaml.safe_load((ROOT / spec["base"][0]).read_text())["model"]["init_args"]["segmodel"]["init_args"]
+    base_arch = segmodel_args(ROOT / spec["base"][0])
     segmodels: dict[tuple, SegModel] = {}
     for row in spec["rows"]:
         method, kwargs, seg = MCIBI, {}, {"arch": base_arch["arch"]}

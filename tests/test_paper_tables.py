@@ -12,10 +12,9 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
 from segcentroids.ablate import load_ablation, main
-from tests.conftest import CONFIGS, REPO, TINY_RUN
+from tests.conftest import CONFIGS, REPO, TINY_RUN, segmodel_args
 
 PAPER_TABLES = sorted(p for p in (CONFIGS / "ablations").rglob("*.yaml") if p.parent != CONFIGS / "ablations")
 TINY = [
@@ -31,8 +30,7 @@ SEGMODEL = "--model.init_args.segmodel.init_args"
 def small_model(path: Path) -> list[str]:
     """A small encoder of the base config's family: a 2-block ViT-Tiny for ViTs (MLSeg's 3 heads), MiT-B0 for
     SegFormer's MiT, HRNet-W18-small for HRNets, ResNet-18 otherwise."""
-    base = yaml.safe_load((REPO / load_ablation(path).base[0]).read_text())
-    encoder = base["model"]["init_args"]["segmodel"]["init_args"]["encoder_name"]
+    encoder = segmodel_args(REPO / load_ablation(path).base[0])["encoder_name"]
     if encoder.startswith("tu-vit"):
         return [f"{SEGMODEL}.encoder_name=tu-vit_tiny_patch16_224", f"{SEGMODEL}.encoder_kwargs={{depth: 2}}",
                 "--model.init_args.num_heads=3"]

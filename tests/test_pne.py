@@ -519,13 +519,12 @@ ABLATIONS = sorted((ROOT / "configs" / "ablations" / "pne").glob("*.yaml"))
 def test_config_fast_dev_run(config, tmp_path):
     import json
 
-    import yaml
-
     from segcentroids.cli import main
+    from tests.conftest import segmodel_args
 
     # the whole SegModel is replaced by a tiny one of the same arch (an `...encoder_weights=null` override reaches
     # SegModel as the string "None")
-    arch = yaml.safe_load(config.read_text())["model"]["init_args"]["segmodel"]["init_args"]["arch"]
+    arch = segmodel_args(config)["arch"]
     tiny = {"arch": arch, "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32,
             "encoder_kwargs": None}
     if arch in ("deeplabv3", "ocr"):

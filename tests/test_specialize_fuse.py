@@ -589,6 +589,7 @@ from pathlib import Path  # noqa: E402
 import yaml  # noqa: E402
 
 from segcentroids.cli import main as cli_main  # noqa: E402
+from tests.conftest import segmodel_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "configs/experiments/specialize_fuse").glob("*.yaml"))
@@ -601,7 +602,7 @@ TINY_ENCODERS = {"tu-hrnet_w48": "tu-hrnet_w18_small", "tu-hrnet_w32": "tu-hrnet
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
 def test_experiment_config_fast_dev_run(config, tmp_path):
-    encoder = yaml.safe_load(config.read_text())["model"]["init_args"]["segmodel"]["init_args"]["encoder_name"]
+    encoder = segmodel_args(config)["encoder_name"]
     tiny, tiny_data = tmp_path / "tiny.yaml", tmp_path / "tiny_data.yaml"
     tiny.write_text(yaml.safe_dump(TINY))
     tiny_data.write_text(yaml.safe_dump(TINY_DATA))
