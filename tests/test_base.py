@@ -153,3 +153,53 @@ def test_ocr_soft_regions_are_supervised(method: type) -> None:
     upsampled = F.interpolate(regions, size=(32, 32), mode="bilinear", align_corners=False)
     expected = F.cross_entropy(upsampled, data["mask"], ignore_index=255)
     assert torch.allclose(losses["soft_regions"], expected, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------- the documented example method
+def example_method_source() -> str:
+    """The Python block under "A new method in one file" in docs/architecture.md."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs/architecture.md").read_text()
+    section = text.split("### A new method in one file", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_example_method_is_one_short_file_and_trains(tmp_path) -> None:
+    import lightning as L
+    import numpy as np
+
+    from segcentroids.data import SyntheticDataModule
+
+    source = example_method_source()
+    assert len(source.strip().splitlines()) <= 30
+    namespace: dict = {}
+    exec(compile(source, "docs/architecture.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    model = namespace["CenterLoss"](segmodel=tiny_segmodel(), num_classes=4, center_weight=0.5, dropout=0.0)
+    with torch.no_grad():
+        model.centers.normal_()
+    data = batch()
+    outputs, losses = model.training_outputs(data["image"], data["mask"])
+    # oracle: the centre term by a loop over the feature grid's pixels, labels taken at each cell's nearest pixel
+    features, centers = outputs["decoder"].detach().numpy(), model.centers.detach().numpy()
+    labels = data["mask"].numpy()
+    _, _, h, w = features.shape
+    total, count = 0.0, 0
+    for b in range(features.shape[0]):
+        for i in range(h):
+            for j in range(w):
+                label = labels[b, i * labels.shape[1] // h, j * labels.shape[2] // w]
+                if label != 255:
+                    total += float(np.sum((features[b, :, i, j] - centers[label]) ** 2))
+                    count += 1
+    assert losses["center"].item() == pytest.approx(total / count, rel=1e-4)
+    assert set(losses) == {"ce", "center"}
+    torch.testing.assert_close(model.total_loss(losses), losses["ce"] + 0.5 * losses["center"])
+    model.total_loss(losses).backward()
+    assert model.centers.grad.abs().sum() > 0
+    # one training step and a validation through the base's template
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    fresh = namespace["CenterLoss"](segmodel=tiny_segmodel(), num_classes=8)
+    trainer.fit(fresh, SyntheticDataModule(image_size=(32, 32), batch_size=2, num_workers=0))
+    assert "train/loss/center" in trainer.logged_metrics and "val/mIoU" in trainer.logged_metrics
