@@ -10,6 +10,7 @@ repeats them and meet their set's S positives and S negatives in batched matmuls
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -29,6 +30,100 @@ _CHOICES = {
 }
 _KEY_BITS = 31  # random tie-break keys are drawn in [0, 2**31); set ids are shifted above them
 _CHUNK = 16  # distinct anchors processed together against their set's positives and negatives
+
+
+@dataclass
+class _Predictions:
+    """The batch's pixels at the feature resolution `h x w`, flattened to `[B, N]` (`N = h * w`)."""
+
+    num_classes: int  # K
+    label: Tensor  # [B, N], 0 where not valid
+    pred: Tensor  # [B, N], argmax of the logits
+    score: Tensor  # [B * N], w of Eq. 8 (max class probability, or max logit)
+    valid: Tensor  # [B, N], labelled with a class in [0, K)
+    correct: Tensor  # [B, N], valid and predicted as labelled: templates
+    wrong: Tensor  # [B, N], valid and misclassified: anchors
+
+
+@dataclass
+class _SetIndex:
+    """The set of every pixel, and the batch's pixels sorted by set (the one sort).
+
+    Set ids: the templates (correct pixels) of (b, c), `b * K + c`, first, then the anchor sets, `num_templates`
+    plus `(b * K + l) * K + k` (IAS) or `b * K + k`; pixels in no set get `num_sets`."""
+
+    num_images: int  # B
+    num_classes: int  # K
+    counts: Tensor  # [num_sets + 1], members per set
+    starts: Tensor  # [num_sets + 1], where each set begins in `order`
+    order: Tensor  # [B * N], flat pixel indices `b * N + i` sorted by set (random or raster order within a set)
+    num_templates: int
+    num_sets: int
+
+    def members(self, ids: Tensor, position: Tensor) -> Tensor:
+        """Flat pixel indices of the members at `position` (cyclic: tiling) of sets `ids`."""
+        n = self.counts[ids].clamp_min(1)[..., None]
+        return self.order[(self.starts[ids][..., None] + position % n).clamp_max(self.order.numel() - 1)]
+
+
+@dataclass
+class _Templates:
+    """The S sampled templates (correct pixels) of every (image, class) `b * K + c`: the positives P_{k,k} and the
+    corresponding negatives N_{l,l}."""
+
+    embeddings: Tensor  # [B*K, S, D], L2-normalised, no gradient
+    weights: Tensor  # [B*K, S], the per-positive weights of Eq. 8
+    ok: Tensor  # [B*K], the class has correct pixels in the image
+
+
+@dataclass
+class _AnchorSets:
+    """Every anchor set: S_{l,k} (IAS, index `(b * K + l) * K + k`) or S_k (IAS off, `b * K + k`, pred -1)."""
+
+    size: Tensor  # members
+    image: Tensor
+    pred: Tensor  # l
+    cls: Tensor  # k
+    qualifies: Tensor
+    negatives_exist: Tensor | None  # CN: the set's negative set is not empty (None: CN off)
+    union_share: Tensor | None  # IAS off + CN: each class's share of the union's pixels [B, K (set), K (l)]
+
+
+@dataclass
+class _Chunks:
+    """The P qualifying anchor sets (`pairs`), their distinct anchors cut into Q chunks of C."""
+
+    pairs: Tensor  # [P], the qualifying anchor sets, ordered by image
+    per_image: int  # the most qualifying sets in one image
+    chunk_pair: Tensor  # [Q], index into `pairs`
+    chunk_set: Tensor  # [Q], the anchor set
+    slot: Tensor  # [Q, C], the member of the set
+    multiplicity: Tensor  # [Q, C], how often the sampling repeats the member; 0 marks padding
+    anchor_pixels: Tensor  # [Q, C], flat pixel indices
+    image: Tensor  # [Q]
+    cls: Tensor  # [Q], k
+    pred: Tensor  # [Q], l (-1 with IAS off)
+
+
+def _rows(pixels: Tensor, flat: Tensor) -> Tensor:
+    """L2-normalised embeddings of flat pixel indices `b * N + i` of `pixels` [B, N, D]."""
+    N = pixels.shape[1]
+    return F.normalize(pixels[flat // N, flat % N], dim=-1)
+
+
+def _union_share(predictions: _Predictions, sets: _SetIndex, template_ok: Tensor) -> tuple[Tensor, Tensor]:
+    """IAS off + CN: the pooled set S_k shares one negative set, the union of N_{l,l} over the classes l its pixels
+    were predicted as; each class weighs its share of the union's pixels [B, K (set), K (l)]. Also whether the union
+    is not empty [B * K]."""
+    B, K = sets.num_images, sets.num_classes
+    image = torch.arange(B, device=template_ok.device)[:, None]
+    label, pred, wrong = predictions.label, predictions.pred, predictions.wrong
+    predicted_as = torch.zeros(B * K * K, dtype=torch.long, device=template_ok.device).scatter_add_(
+        0, ((image * K + label) * K + pred).reshape(-1), wrong.reshape(-1).long())  # no host sync
+    union = (predicted_as.reshape(B, K, K) > 0) & template_ok.reshape(B, 1, K)
+    union_pixels = torch.where(union, sets.counts[:sets.num_templates].reshape(B, 1, K), 0)
+    union_share = union_pixels / union_pixels.sum(dim=2, keepdim=True).clamp_min(1)
+    return union_share, union.any(dim=2).reshape(B * K)
 
 
 class PNELoss(nn.Module):
@@ -115,181 +210,213 @@ class PNELoss(nn.Module):
     # ------------------------------------------------------------------------------------------------- the sets
     def _compute(self, embeddings: Tensor, logits: Tensor, labels: Tensor,
                  generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
-        B, D, h, w = embeddings.shape
-        K, N, S = logits.shape[1], h * w, self.samples_per_set
-        C = min(_CHUNK, S)
-        device = embeddings.device
         pixels = embeddings.flatten(2).transpose(1, 2)  # [B, N, D], a view: only sampled pixels are normalised
-
-        def rows(flat: Tensor) -> Tensor:
-            """L2-normalised embeddings of flat pixel indices `b * N + i`."""
-            return F.normalize(pixels[flat // N, flat % N], dim=-1)
-
         with torch.no_grad():
-            labels = nearest_labels(labels, (h, w)).reshape(B, N)
-            valid = (labels >= 0) & (labels < K) & (labels != self.ignore_index)
-            label = torch.where(valid, labels, 0)
-            if self.positive_score == "softmax":
-                score, pred = logits.softmax(dim=1).max(dim=1)
-            else:
-                score, pred = logits.max(dim=1)
-                score = score.clamp_min(1e-6)
-            score, pred = score.reshape(B * N), pred.reshape(B, N)
-            correct = valid & (pred == label)
-            wrong = valid & ~correct
-            image = torch.arange(B, device=device)[:, None]
-            # set ids: templates (correct pixels) of (b, c) first, then anchor sets (b, l, k) or (b, k)
-            num_templates = B * K
-            anchor_set = (image * K + pred) * K + label if self.individual_anchor_sets else image * K + label
-            num_sets = num_templates + (B * K * K if self.individual_anchor_sets else B * K)
-            set_id = torch.where(correct, image * K + label,
-                                 torch.where(wrong, num_templates + anchor_set, num_sets)).reshape(B * N)
-            counts = torch.zeros(num_sets + 1, dtype=torch.long, device=device)
-            counts.scatter_add_(0, set_id, torch.ones_like(set_id))
-            starts = counts.cumsum(0) - counts
-            if self.sampling == "first":
-                order = torch.sort(set_id, stable=True).indices
-            else:
-                keys = torch.randint(0, 2**_KEY_BITS, (B * N,), generator=generator, device=device)
-                order = torch.sort((set_id << _KEY_BITS) + keys, stable=True).indices
+            predictions = self._predictions(logits, labels)
+            sets = self._sort_into_sets(predictions, generator)
+            templates = self._templates(pixels, sets, predictions.score)
+            anchor_sets = self._qualifying_sets(predictions, sets, templates.ok)
+            chunks = self._anchor_chunks(sets, anchor_sets)
+        anchors = _rows(pixels, chunks.anchor_pixels)  # [Q, C, D], the only tensor with a gradient
+        positive_sim, positive_weights = self._positives(anchors, sets, templates, chunks)
+        log_negatives, negative_ok = self._log_negatives(anchors, pixels, sets, templates, anchor_sets, chunks)
+        per_anchor = self._per_anchor(positive_sim, positive_weights, log_negatives)
+        return self._weighted_mean(per_anchor, negative_ok, chunks, predictions.valid)
 
-            def members(ids: Tensor, position: Tensor) -> Tensor:
-                """Flat pixel indices of the members at `position` (cyclic: tiling) of sets `ids`."""
-                n = counts[ids].clamp_min(1)[..., None]
-                return order[(starts[ids][..., None] + position % n).clamp_max(B * N - 1)]
+    def _predictions(self, logits: Tensor, labels: Tensor) -> _Predictions:
+        """Labels nearest-resampled to the feature resolution, predictions, their scores w and which are right."""
+        B, K, h, w = logits.shape
+        N = h * w
+        labels = nearest_labels(labels, (h, w)).reshape(B, N)
+        valid = (labels >= 0) & (labels < K) & (labels != self.ignore_index)
+        label = torch.where(valid, labels, 0)
+        if self.positive_score == "softmax":
+            score, pred = logits.softmax(dim=1).max(dim=1)
+        else:
+            score, pred = logits.max(dim=1)
+            score = score.clamp_min(1e-6)
+        score, pred = score.reshape(B * N), pred.reshape(B, N)
+        correct = valid & (pred == label)
+        return _Predictions(K, label, pred, score, valid, correct, valid & ~correct)
 
-            samples = torch.arange(S, device=device)
-            template_pixels = members(torch.arange(num_templates, device=device), samples)  # [B*K, S]
-            template_ok = counts[:num_templates] > 0
-            templates = rows(template_pixels)  # [B*K, S, D]
-            weights = score[template_pixels]  # [B*K, S]
-            if self.positive_weight == "normalized":
-                weights = weights / weights.mean(dim=1, keepdim=True)
-            elif self.positive_weight == "none":
-                weights = torch.ones_like(weights)
+    def _sort_into_sets(self, predictions: _Predictions, generator: torch.Generator | None) -> _SetIndex:
+        """Every pixel's set id, the sets' sizes and the one sort of the batch's pixels by set."""
+        B, K, device = predictions.label.shape[0], predictions.num_classes, predictions.label.device
+        label, pred, correct, wrong = predictions.label, predictions.pred, predictions.correct, predictions.wrong
+        image = torch.arange(B, device=device)[:, None]
+        # set ids: templates (correct pixels) of (b, c) first, then anchor sets (b, l, k) or (b, k)
+        num_templates = B * K
+        anchor_set = (image * K + pred) * K + label if self.individual_anchor_sets else image * K + label
+        num_sets = num_templates + (B * K * K if self.individual_anchor_sets else B * K)
+        set_id = torch.where(correct, image * K + label,
+                             torch.where(wrong, num_templates + anchor_set, num_sets)).reshape(-1)
+        counts = torch.zeros(num_sets + 1, dtype=torch.long, device=device)
+        counts.scatter_add_(0, set_id, torch.ones_like(set_id))
+        starts = counts.cumsum(0) - counts
+        if self.sampling == "first":
+            order = torch.sort(set_id, stable=True).indices
+        else:
+            keys = torch.randint(0, 2**_KEY_BITS, set_id.shape, generator=generator, device=device)
+            order = torch.sort((set_id << _KEY_BITS) + keys, stable=True).indices
+        return _SetIndex(B, K, counts, starts, order, num_templates, num_sets)
 
-            # which anchor sets qualify: 1..max_anchor_set members and a non-empty positive set
-            set_size = counts[num_templates:num_sets]
-            if self.individual_anchor_sets:
-                set_image = torch.arange(B, device=device).repeat_interleave(K * K)
-                set_pred = torch.arange(K, device=device).repeat_interleave(K).repeat(B)
-                set_class = torch.arange(K, device=device).repeat(B * K)
-            else:
-                set_image = torch.arange(B, device=device).repeat_interleave(K)
-                set_pred = torch.full_like(set_image, -1)
-                set_class = torch.arange(K, device=device).repeat(B)
-            qualifies = (set_size > 0) & template_ok[set_image * K + set_class]
-            if self.max_anchor_set is not None:
-                qualifies &= set_size <= self.max_anchor_set
-            union_share = negatives_exist = None
-            if self.corresponding_negatives and not self.individual_anchor_sets:
-                # IAS off: the pooled set S_k shares one negative set, the union of N_{l,l} over the classes l its
-                # pixels were predicted as; each class weighs its share of the union's pixels [B, K (set), K (l)]
-                predicted_as = torch.zeros(B * K * K, dtype=torch.long, device=device).scatter_add_(
-                    0, ((image * K + label) * K + pred).reshape(-1), wrong.reshape(-1).long())  # no host sync
-                union = (predicted_as.reshape(B, K, K) > 0) & template_ok.reshape(B, 1, K)
-                union_pixels = torch.where(union, counts[:num_templates].reshape(B, 1, K), 0)
-                union_share = union_pixels / union_pixels.sum(dim=2, keepdim=True).clamp_min(1)
-                negatives_exist = union.any(dim=2).reshape(B * K)
-            elif self.corresponding_negatives:
-                negatives_exist = template_ok[set_image * K + set_pred]  # N_{l,l} of each set S_{l,k}
-            if self.empty_negatives == "skip" and negatives_exist is not None:
-                qualifies &= negatives_exist
-            # A set of n members is tiled or cut to S samples: its min(n, S) distinct members stand for them with
-            # multiplicities, and are processed in chunks of C anchors against the set's S positives / negatives.
-            chunks = torch.where(qualifies, (set_size.clamp_max(S) + C - 1) // C, 0)
-            # the one host sync: the numbers of qualifying sets and of chunks size the blocks below (padding to all
-            # B*K*K sets instead costs B*K^2*S^2 similarities, 14 GB for ADE20K's 150 classes at batch 16)
-            P, Q, per_image = torch.stack([qualifies.sum(), chunks.sum(),
-                                           qualifies.reshape(B, -1).sum(dim=1).max()]).tolist()
-            pairs = torch.nonzero_static(qualifies, size=P).squeeze(1)
-            pair_chunks = chunks[pairs]
-            chunk_pair = torch.repeat_interleave(torch.arange(P, device=device), pair_chunks, output_size=Q)
-            first_chunk = (pair_chunks.cumsum(0) - pair_chunks)[chunk_pair]
-            slot = ((torch.arange(Q, device=device) - first_chunk) * C)[:, None] + torch.arange(C, device=device)
-            chunk_set = pairs[chunk_pair]
-            n = set_size[chunk_set][:, None]
-            # member j of a set of n < S members is sampled (S - 1 - j) // n + 1 times; 0 marks padding
-            multiplicity = torch.where(n >= S, 1, (S - 1 - slot) // n + 1) * (slot < n.clamp_max(S))
-            anchor_pixels = members(num_templates + chunk_set, slot)  # [Q, C]
-            chunk_image, chunk_class, chunk_pred = set_image[chunk_set], set_class[chunk_set], set_pred[chunk_set]
+    def _templates(self, pixels: Tensor, sets: _SetIndex, score: Tensor) -> _Templates:
+        """The S sampled templates of every (image, class) and their per-positive weights (Eq. 8)."""
+        samples = torch.arange(self.samples_per_set, device=pixels.device)
+        template_pixels = sets.members(torch.arange(sets.num_templates, device=pixels.device), samples)  # [B*K, S]
+        template_ok = sets.counts[:sets.num_templates] > 0
+        templates = _rows(pixels, template_pixels)  # [B*K, S, D]
+        weights = score[template_pixels]  # [B*K, S]
+        if self.positive_weight == "normalized":
+            weights = weights / weights.mean(dim=1, keepdim=True)
+        elif self.positive_weight == "none":
+            weights = torch.ones_like(weights)
+        return _Templates(templates, weights, template_ok)
 
-        anchors = rows(anchor_pixels)  # [Q, C, D], the only tensor with a gradient
-        tau = self.temperature
-        positive_ids = chunk_image * K + chunk_class
-        positive_weights = weights[positive_ids][:, None, :]  # [Q, 1, S]
+    def _qualifying_sets(self, predictions: _Predictions, sets: _SetIndex, template_ok: Tensor) -> _AnchorSets:
+        """Each anchor set's image and classes, whether its negative set exists and whether it qualifies."""
+        B, K, device = sets.num_images, sets.num_classes, template_ok.device
+        # which anchor sets qualify: 1..max_anchor_set members and a non-empty positive set
+        set_size = sets.counts[sets.num_templates:sets.num_sets]
+        if self.individual_anchor_sets:
+            set_image = torch.arange(B, device=device).repeat_interleave(K * K)
+            set_pred = torch.arange(K, device=device).repeat_interleave(K).repeat(B)
+            set_class = torch.arange(K, device=device).repeat(B * K)
+        else:
+            set_image = torch.arange(B, device=device).repeat_interleave(K)
+            set_pred = torch.full_like(set_image, -1)
+            set_class = torch.arange(K, device=device).repeat(B)
+        qualifies = (set_size > 0) & template_ok[set_image * K + set_class]
+        if self.max_anchor_set is not None:
+            qualifies &= set_size <= self.max_anchor_set
+        union_share = negatives_exist = None
+        if self.corresponding_negatives and not self.individual_anchor_sets:
+            union_share, negatives_exist = _union_share(predictions, sets, template_ok)
+        elif self.corresponding_negatives:
+            negatives_exist = template_ok[set_image * K + set_pred]  # N_{l,l} of each set S_{l,k}
+        if self.empty_negatives == "skip" and negatives_exist is not None:
+            qualifies &= negatives_exist
+        return _AnchorSets(set_size, set_image, set_pred, set_class, qualifies, negatives_exist, union_share)
+
+    def _anchor_chunks(self, sets: _SetIndex, anchor_sets: _AnchorSets) -> _Chunks:
+        """The qualifying sets' distinct anchors, in chunks of C, with their multiplicities (the one host sync)."""
+        S = self.samples_per_set
+        C = min(_CHUNK, S)
+        set_size, qualifies, device = anchor_sets.size, anchor_sets.qualifies, anchor_sets.size.device
+        # A set of n members is tiled or cut to S samples: its min(n, S) distinct members stand for them with
+        # multiplicities, and are processed in chunks of C anchors against the set's S positives / negatives.
+        chunks = torch.where(qualifies, (set_size.clamp_max(S) + C - 1) // C, 0)
+        # the one host sync: the numbers of qualifying sets and of chunks size the blocks below (padding to all
+        # B*K*K sets instead costs B*K^2*S^2 similarities, 14 GB for ADE20K's 150 classes at batch 16)
+        P, Q, per_image = torch.stack([qualifies.sum(), chunks.sum(),
+                                       qualifies.reshape(sets.num_images, -1).sum(dim=1).max()]).tolist()
+        pairs = torch.nonzero_static(qualifies, size=P).squeeze(1)
+        pair_chunks = chunks[pairs]
+        chunk_pair = torch.repeat_interleave(torch.arange(P, device=device), pair_chunks, output_size=Q)
+        first_chunk = (pair_chunks.cumsum(0) - pair_chunks)[chunk_pair]
+        slot = ((torch.arange(Q, device=device) - first_chunk) * C)[:, None] + torch.arange(C, device=device)
+        chunk_set = pairs[chunk_pair]
+        n = set_size[chunk_set][:, None]
+        # member j of a set of n < S members is sampled (S - 1 - j) // n + 1 times; 0 marks padding
+        multiplicity = torch.where(n >= S, 1, (S - 1 - slot) // n + 1) * (slot < n.clamp_max(S))
+        anchor_pixels = sets.members(sets.num_templates + chunk_set, slot)  # [Q, C]
+        return _Chunks(pairs, per_image, chunk_pair, chunk_set, slot, multiplicity, anchor_pixels,
+                       anchor_sets.image[chunk_set], anchor_sets.cls[chunk_set], anchor_sets.pred[chunk_set])
+
+    def _positives(self, anchors: Tensor, sets: _SetIndex, templates: _Templates,
+                   chunks: _Chunks) -> tuple[Tensor, Tensor]:
+        """Each anchor's similarities / tau to its set's S positives P_{k,k} `[Q, C, S]` and their weights
+        `[Q, 1, S]`."""
+        positive_ids = chunks.image * sets.num_classes + chunks.cls
+        positive_weights = templates.weights[positive_ids][:, None, :]  # [Q, 1, S]
         # index_select copies whole [S, D] blocks (several times faster on CPU than advanced indexing)
-        positive_sim = anchors @ templates.index_select(0, positive_ids).transpose(1, 2) / tau  # [Q, C, S]
+        positive_sim = anchors @ templates.embeddings.index_select(0, positive_ids).transpose(1, 2) / self.temperature
+        return positive_sim, positive_weights
+
+    def _log_negatives(self, anchors: Tensor, pixels: Tensor, sets: _SetIndex, templates: _Templates,
+                       anchor_sets: _AnchorSets, chunks: _Chunks) -> tuple[Tensor, Tensor]:
+        """The log of each anchor's sum over its set's negatives, `log sum_n exp(a.n / tau)` `[Q, C]`, and whether
+        it counts `[Q, C]` (its set has negatives, or `empty_negatives="anchors"` stands in for them)."""
+        tau = self.temperature
         if not self.corresponding_negatives:
-            negatives, negative_ok = self._hard_negatives(anchors, multiplicity, templates, template_ok, pairs,
-                                                          set_image, set_class, chunk_pair, K, per_image)
+            negatives, negative_ok = self._hard_negatives(anchors, sets, templates, anchor_sets, chunks)
             log_negatives = (anchors @ negatives.transpose(1, 2) / tau).logsumexp(dim=-1)  # [Q, C]
         else:
-            negative_ok = negatives_exist[chunk_set][:, None].expand_as(multiplicity)
+            negative_ok = anchor_sets.negatives_exist[chunks.chunk_set][:, None].expand_as(chunks.multiplicity)
             if self.individual_anchor_sets:
                 # IAS + CN (Eq. 9): the set S_{l,k} is contrasted with N_{l,l}
-                negatives = templates.index_select(0, chunk_image * K + chunk_pred)
+                negatives = templates.embeddings.index_select(0, chunks.image * sets.num_classes + chunks.pred)
                 log_negatives = (anchors @ negatives.transpose(1, 2) / tau).logsumexp(dim=-1)
             else:
-                log_negatives = self._union_negatives(anchors, slot, templates, union_share, chunk_image,
-                                                      chunk_class)
+                log_negatives = self._union_negatives(anchors, chunks, templates.embeddings, anchor_sets.union_share)
         if self.empty_negatives == "anchors":
             # the set's own S (tiled) anchor samples, detached like every template, stand in for missing negatives
             # (authors' code)
-            own = rows(members(num_templates + chunk_set, samples)).detach()
+            samples = torch.arange(self.samples_per_set, device=anchors.device)
+            own = _rows(pixels, sets.members(sets.num_templates + chunks.chunk_set, samples)).detach()
             log_negatives = torch.where(negative_ok, log_negatives,
                                         (anchors @ own.transpose(1, 2) / tau).logsumexp(dim=-1))
             negative_ok = torch.ones_like(negative_ok)
+        return log_negatives, negative_ok
+
+    def _per_anchor(self, positive_sim: Tensor, positive_weights: Tensor, log_negatives: Tensor) -> Tensor:
+        """The loss of each anchor `[Q, C]`: Eq. 8 (`form="pne"`) or Eq. 1 (`"infonce"`)."""
         if self.form == "pne":
             # Eq. 8: log(1 + sum_n exp(a.n/tau) / sum_p w_p/w_bar exp(a.p/tau)), computed in log space
             log_positives = (positive_sim + positive_weights.log()).logsumexp(dim=-1)
-            per_anchor = F.softplus(log_negatives - log_positives)
-        else:
-            # Eq. 1: mean over positives of -log(exp(a.p) / (exp(a.p) + sum_n exp(a.n))), weighted by w_p/w_bar
-            per_positive = torch.logaddexp(positive_sim, log_negatives[..., None]) - positive_sim
-            per_anchor = (per_positive * positive_weights).sum(dim=-1) / S
+            return F.softplus(log_negatives - log_positives)
+        # Eq. 1: mean over positives of -log(exp(a.p) / (exp(a.p) + sum_n exp(a.n))), weighted by w_p/w_bar
+        per_positive = torch.logaddexp(positive_sim, log_negatives[..., None]) - positive_sim
+        return (per_positive * positive_weights).sum(dim=-1) / self.samples_per_set
+
+    @staticmethod
+    def _weighted_mean(per_anchor: Tensor, negative_ok: Tensor, chunks: _Chunks,
+                       valid: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss, the mean over anchor samples weighted by multiplicity, and the diagnostics."""
         # Eq. 9: mean over the anchor samples of all sets (the paper's 1/|S|)
-        counted = torch.where(negative_ok, multiplicity, 0)
+        counted = torch.where(negative_ok, chunks.multiplicity, 0)
         loss = torch.where(counted > 0, per_anchor * counted, 0.0).sum() / counted.sum().clamp_min(1)
         with torch.no_grad():
             used = (counted > 0).sum(dim=1)
             num_anchors = used.sum().float()
+            contributed = torch.zeros(chunks.pairs.numel(), dtype=used.dtype, device=used.device).index_add_(
+                0, chunks.chunk_pair, used) > 0
             stats = {
-                "pairs": (torch.zeros(P, dtype=used.dtype, device=device).index_add_(0, chunk_pair, used) > 0).sum()
-                .float(),
+                "pairs": contributed.sum().float(),
                 "anchors": num_anchors,
                 "anchor_share": num_anchors / valid.sum().clamp_min(1),
             }
         return loss, stats
 
-    def _hard_negatives(self, anchors: Tensor, multiplicity: Tensor, templates: Tensor, template_ok: Tensor,
-                        pairs: Tensor, set_image: Tensor, set_class: Tensor, chunk_pair: Tensor, K: int,
-                        per_image: int) -> tuple[Tensor, Tensor]:
+    def _hard_negatives(self, anchors: Tensor, sets: _SetIndex, templates: _Templates, anchor_sets: _AnchorSets,
+                        chunks: _Chunks) -> tuple[Tensor, Tensor]:
         """CN off: per set, the S templates of other classes most similar (cosine) to the set's mean anchor sample.
 
         The set centres of an image meet its K * S templates in one batched product, `[B, per_image, K * S]`
         (`per_image`: the most qualifying sets in one image; pairs are ordered by image). Returns the negatives of
         each chunk `[Q, S, D]` and whether its set has any `[Q, C]`."""
-        S, D = templates.shape[1:]
-        B, P = template_ok.numel() // K, pairs.numel()
+        pairs, chunk_pair, multiplicity = chunks.pairs, chunks.chunk_pair, chunks.multiplicity
+        template_ok = templates.ok
+        S, D = templates.embeddings.shape[1:]
+        B, K, P = sets.num_images, sets.num_classes, pairs.numel()
         device = anchors.device
         with torch.no_grad():
             weighted = (anchors.detach() * multiplicity[..., None]).sum(dim=1)
             centre = F.normalize(torch.zeros(P, D, device=device).index_add_(0, chunk_pair, weighted), dim=-1)
-            pair_image, pair_class = set_image[pairs], set_class[pairs]
+            pair_image, pair_class = anchor_sets.image[pairs], anchor_sets.cls[pairs]
             sets_in_image = torch.zeros(B, dtype=torch.long, device=device).scatter_add_(
                 0, pair_image, torch.ones_like(pair_image))
             position = torch.arange(P, device=device) - (sets_in_image.cumsum(0) - sets_in_image)[pair_image]
-            centres = centre.new_zeros(B, per_image, D).index_put_((pair_image, position), centre)
-            hardness = (centres @ templates.reshape(B, K * S, D).transpose(1, 2))[pair_image, position]  # [P, K*S]
+            centres = centre.new_zeros(B, chunks.per_image, D).index_put_((pair_image, position), centre)
+            every = templates.embeddings.reshape(B, K * S, D)
+            hardness = (centres @ every.transpose(1, 2))[pair_image, position]  # [P, K*S]
             other = template_ok.reshape(B, K)[pair_image] & (torch.arange(K, device=device) != pair_class[:, None])
             hardness = hardness.reshape(P, K, S).masked_fill(~other[..., None], float("-inf")).reshape(P, K * S)
             chosen = pair_image[:, None] * (K * S) + hardness.topk(min(S, K * S), dim=1).indices
-            negatives = templates.reshape(B * K * S, D).index_select(0, chosen[chunk_pair].reshape(-1))
+            negatives = templates.embeddings.reshape(B * K * S, D).index_select(0, chosen[chunk_pair].reshape(-1))
         return negatives.reshape(-1, S, D), other.any(dim=1)[chunk_pair][:, None].expand_as(multiplicity)
 
-    def _union_negatives(self, anchors: Tensor, slot: Tensor, templates: Tensor, union_share: Tensor,
-                         chunk_image: Tensor, chunk_class: Tensor) -> Tensor:
+    def _union_negatives(self, anchors: Tensor, chunks: _Chunks, templates: Tensor, union_share: Tensor) -> Tensor:
         """IAS off + CN: the pooled set S_k of an image shares one negative set, the union U of N_{l,l} over the
         classes l its pixels were predicted as. Its S negatives are represented by each such class's S templates
         weighted by the class's share of U's pixels, `sum_l (|N_l| / |U|) sum_s exp(a.t_{l,s} / tau)`: the expected
@@ -300,7 +427,8 @@ class PNELoss(nn.Module):
         Returns the log of that negative sum per anchor `[Q, C]`."""
         S, D = templates.shape[1:]
         B, K = union_share.shape[:2]
-        image, cls = chunk_image[:, None].expand_as(slot), chunk_class[:, None].expand_as(slot)
+        slot = chunks.slot
+        image, cls = chunks.image[:, None].expand_as(slot), chunks.cls[:, None].expand_as(slot)
         position = slot.clamp_max(S - 1)  # padding slots (beyond the set's members) add zero vectors
         inside = (slot < S)[..., None]
         dense = anchors.new_zeros(B, K, S, D).index_put((image, cls, position), anchors * inside, accumulate=True)

@@ -116,31 +116,43 @@ def build_encoder(
 def _build_encoder(encoder_name: str, in_channels: int, weights: str | None, stride: int | None, purpose: str,
                    kwargs: dict[str, Any]) -> nn.Module:
     """The encoder with ``weights`` as smp / timm take them (a download when not None)."""
-    if not encoder_name.startswith("tu-"):
-        if kwargs:  # e.g. a timm encoder's config run small with an smp encoder: say so, do not fail
-            warnings.warn(
-                f"encoder_kwargs {sorted(kwargs)} are ignored: they go to timm and only apply to 'tu-' encoders, "
-                f"not to encoder {encoder_name!r}",
-                UserWarning,
-                stacklevel=4,
-            )
-        if encoder_name not in smp.encoders.encoders:
-            raise ValueError(
-                f"unknown encoder {encoder_name!r}: use an smp encoder name (resnet50, mit_b0, ...; "
-                f"see segmentation_models_pytorch.encoders.get_encoder_names()) or 'tu-<timm model>'"
-            )
-        stride = stride or NATIVE_STRIDE
-        encoder_class = smp.encoders.encoders[encoder_name]["encoder"]
-        if stride != NATIVE_STRIDE and issubclass(encoder_class, MixVisionTransformerEncoder):
-            raise _not_dilatable(encoder_name, stride, purpose, "Mix Transformer encoders cannot be dilated")
-        try:
-            encoder = smp.encoders.get_encoder(encoder_name, in_channels, 5, weights, stride)
-        except ValueError as error:
-            if stride == NATIVE_STRIDE:
-                raise
-            raise _not_dilatable(encoder_name, stride, purpose, str(error)) from error
-        return encoder
+    if encoder_name.startswith("tu-"):
+        return _build_timm_encoder(encoder_name, in_channels, weights, stride, purpose, kwargs)
+    if kwargs:  # e.g. a timm encoder's config run small with an smp encoder: say so, do not fail
+        warnings.warn(
+            f"encoder_kwargs {sorted(kwargs)} are ignored: they go to timm and only apply to 'tu-' encoders, "
+            f"not to encoder {encoder_name!r}",
+            UserWarning,
+            stacklevel=4,
+        )
+    return _build_smp_encoder(encoder_name, in_channels, weights, stride, purpose)
 
+
+def _build_smp_encoder(encoder_name: str, in_channels: int, weights: str | None, stride: int | None,
+                       purpose: str) -> nn.Module:
+    """smp encoder ``encoder_name`` (smp's weight names), dilated by smp when ``stride`` < 32."""
+    if encoder_name not in smp.encoders.encoders:
+        raise ValueError(
+            f"unknown encoder {encoder_name!r}: use an smp encoder name (resnet50, mit_b0, ...; "
+            f"see segmentation_models_pytorch.encoders.get_encoder_names()) or 'tu-<timm model>'"
+        )
+    stride = stride or NATIVE_STRIDE
+    encoder_class = smp.encoders.encoders[encoder_name]["encoder"]
+    if stride != NATIVE_STRIDE and issubclass(encoder_class, MixVisionTransformerEncoder):
+        raise _not_dilatable(encoder_name, stride, purpose, "Mix Transformer encoders cannot be dilated")
+    try:
+        encoder = smp.encoders.get_encoder(encoder_name, in_channels, 5, weights, stride)
+    except ValueError as error:
+        if stride == NATIVE_STRIDE:
+            raise
+        raise _not_dilatable(encoder_name, stride, purpose, str(error)) from error
+    return encoder
+
+
+def _build_timm_encoder(encoder_name: str, in_channels: int, weights: str | None, stride: int | None, purpose: str,
+                        kwargs: dict[str, Any]) -> nn.Module:
+    """timm encoder ``tu-<timm name>`` (timm's default weights when ``weights`` is not None): a plain ViT through
+    :class:`ViTEncoder`, any other model through smp's universal timm encoder, dilated by timm when ``stride`` < 32."""
     timm_name = encoder_name[3:]
     reductions = _timm_reductions(timm_name)
     if reductions and len(set(reductions)) == 1:

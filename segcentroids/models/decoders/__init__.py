@@ -1,5 +1,7 @@
 """Decoders of ``SegModel``: one module per architecture; each maps the encoder pyramid to ``{"decoder": ...}``."""
 
+from collections.abc import Callable
+
 from torch import nn
 
 from .deeplabv3 import DeepLabV3Decoder
@@ -31,6 +33,27 @@ __all__ = [
 ]
 
 
+def _ocr(encoder_channels: list[int], decoder_channels: int | None, encoder_stride: int,
+         num_classes: int | None) -> nn.Module:
+    if num_classes is None or num_classes < 1:
+        raise ValueError(f"arch 'ocr' needs num_classes (its soft object regions are K-way), got {num_classes}")
+    return OCRDecoder(encoder_channels, decoder_channels, num_classes)
+
+
+# every arch but hrnetv2: (encoder_channels, decoder_channels, encoder_stride, num_classes) -> decoder
+_BUILDERS: dict[str, Callable[[list[int], int | None, int, int | None], nn.Module]] = {
+    "fcn": lambda channels, width, stride, classes: FCNDecoder(channels, width),
+    "pspnet": lambda channels, width, stride, classes: PSPNetDecoder(channels, width),
+    "deeplabv3": lambda channels, width, stride, classes: DeepLabV3Decoder(channels, width, stride),
+    "ocr": _ocr,
+    "identity": lambda channels, width, stride, classes: IdentityDecoder(channels),
+    "deeplabv3plus": lambda channels, width, stride, classes: DeepLabV3PlusDecoder(channels, width),
+    "fpn": lambda channels, width, stride, classes: FPNDecoder(channels, width),
+    "upernet": lambda channels, width, stride, classes: UPerNetDecoder(channels, width),
+    "segformer": lambda channels, width, stride, classes: SegformerDecoder(channels, width),
+}
+
+
 def build_decoder(
     arch: str,
     encoder_channels: list[int],
@@ -48,24 +71,6 @@ def build_decoder(
         raise ValueError(f"stage_channels applies to arch 'hrnetv2' only, got it with arch {arch!r}")
     if arch != "identity" and (not decoder_channels or decoder_channels < 1):
         raise ValueError(f"arch {arch!r} needs decoder_channels >= 1, got {decoder_channels}")
-    if arch == "fcn":
-        return FCNDecoder(encoder_channels, decoder_channels)
-    if arch == "pspnet":
-        return PSPNetDecoder(encoder_channels, decoder_channels)
-    if arch == "deeplabv3":
-        return DeepLabV3Decoder(encoder_channels, decoder_channels, encoder_stride)
-    if arch == "ocr":
-        if num_classes is None or num_classes < 1:
-            raise ValueError(f"arch 'ocr' needs num_classes (its soft object regions are K-way), got {num_classes}")
-        return OCRDecoder(encoder_channels, decoder_channels, num_classes)
-    if arch == "identity":
-        return IdentityDecoder(encoder_channels)
-    if arch == "deeplabv3plus":
-        return DeepLabV3PlusDecoder(encoder_channels, decoder_channels)
-    if arch == "fpn":
-        return FPNDecoder(encoder_channels, decoder_channels)
-    if arch == "upernet":
-        return UPerNetDecoder(encoder_channels, decoder_channels)
-    if arch == "segformer":
-        return SegformerDecoder(encoder_channels, decoder_channels)
-    raise ValueError(f"unknown arch {arch!r}")
+    if arch not in _BUILDERS:
+        raise ValueError(f"unknown arch {arch!r}")
+    return _BUILDERS[arch](encoder_channels, decoder_channels, encoder_stride, num_classes)
