@@ -30,6 +30,7 @@ import torch
 from timing import abab, synchronize
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from workload import blocky_labels
 
 from segcentroids.callbacks.run_recorder import flop_counter, inference_cost
 from segcentroids.methods import MCIBI, MVSC, PNE, Baseline, MLSeg, SpecializeFuse
@@ -56,10 +57,7 @@ def build(method: type[Baseline], kwargs: dict, args: argparse.Namespace) -> Bas
 
 def make_batch(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(0)
-    # blocky scenes: regions of 16 x 16 pixels, a few classes per image, some ignore
-    blocks = torch.randint(0, args.classes, (args.batch, args.size // 16, args.size // 16), generator=generator)
-    labels = blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)
-    labels[:, :4] = 255
+    labels = blocky_labels(args.batch, args.size, args.classes, generator)  # a few classes per image, some ignore
     images = torch.randn(args.batch, 3, args.size, args.size, generator=generator)
     if args.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)

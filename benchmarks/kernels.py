@@ -2,13 +2,13 @@
 
     python benchmarks/kernels.py [--repeats 5] [--json kernels.json]
 
-- memory update: `FeatureMemory.update` (MCIBI Eq. 6, label resolution) vs the per-class loop of
-  `benchmarks/mcibi.py` (`unique`, boolean masks), from the same initialised memory;
-- PNE pairs: `PNELoss` (forward + backward) vs the per-image, per-pair loop kept in `tests/test_pne.py`;
-- pyramid targets: `ops.pyramid_targets` vs the per-cell loop of `benchmarks/specialize_fuse.py`;
-- grouped class means: `ops.grouped_class_means` vs the per-class, per-group masked means of `benchmarks/mvsc.py`
-  (the same random groups, drawn inside both timed calls).
-The loops are imported from the methods' own benchmarks and tests. Outputs must agree (max abs difference printed,
+- memory update: `FeatureMemory.update` (MCIBI Eq. 6, label resolution) vs the per-class loop (boolean masks), from
+  the same initialised memory (the case of `benchmarks/mcibi.py`);
+- PNE pairs: `PNELoss` (forward + backward) vs the per-image, per-pair loop;
+- pyramid targets: `ops.pyramid_targets` vs the per-cell loop;
+- grouped class means: `ops.grouped_class_means` vs the per-class, per-group masked means (the same random groups,
+  drawn inside both timed calls).
+The loops are the tests' oracles (`tests/references.py`). Outputs must agree (max abs difference printed,
 `torch.testing.assert_close` tolerances); timings alternate loop and vectorised (ABAB), medians. One thread.
 Prints JSON, then a Markdown table.
 """
@@ -16,36 +16,21 @@ Prints JSON, then a Markdown table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
+import repo_root  # noqa: F401
 import torch
+from mcibi import memory_case
+from pne import realistic_case
 from timing import abab
+from workload import blocky_labels
 
 from segcentroids.losses import PNELoss
 from segcentroids.ops import pyramid_targets
 from segcentroids.ops.grouping import grouped_class_means, random_class_groups
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-
-def blocky_labels(batch: int, size: int, classes: int, block: int, generator: torch.Generator) -> torch.Tensor:
-    """Regions of `block` x `block` pixels of random classes, the top 4 rows ignore (255)."""
-    blocks = torch.randint(0, classes, (batch, size // block, size // block), generator=generator)
-    labels = blocks.repeat_interleave(block, 1).repeat_interleave(block, 2)
-    labels[:, :4] = 255
-    return labels
+from tests.references import loop_grouped_class_means, loop_pne_loss, loop_pyramid_targets
 
 
 def row(op: str, shape: str, loop_s: float, ours_s: float, diff: float) -> dict:
@@ -54,11 +39,10 @@ def row(op: str, shape: str, loop_s: float, ours_s: float, diff: float) -> dict:
 
 
 def memory_update(repeats: int) -> dict:
-    memory_case = load(ROOT / "benchmarks" / "mcibi.py", "bench_mcibi").memory_case
     g = torch.Generator().manual_seed(0)
     batch, channels, classes = 4, 256, 19
     features = torch.randn(batch, channels, 32, 32, generator=g)
-    labels = blocky_labels(batch, 128, classes, 16, g)
+    labels = blocky_labels(batch, 128, classes, g, block=16)
     case = memory_case("label", features, labels, classes, repeats)  # ours vs the loop, from one initialised memory
     diff = case["max_abs_diff_vs_own_loop"]
     if diff > 1e-4:
@@ -67,9 +51,7 @@ def memory_update(repeats: int) -> dict:
 
 
 def pne_loss(repeats: int) -> dict:
-    reference = load(ROOT / "tests" / "test_pne.py", "test_pne_reference").reference_pne
-    case = load(ROOT / "benchmarks" / "pne.py", "bench_pne").realistic_case
-    embeddings, logits, labels = case(B=2, K=19, h=64, w=128, D=64)
+    embeddings, logits, labels = realistic_case(B=2, K=19, h=64, w=128, D=64)
     options = {"samples_per_set": 100, "max_anchor_set": 199}
     loss = PNELoss(sampling="first", **options)
 
@@ -82,7 +64,7 @@ def pne_loss(repeats: int) -> dict:
         return run
 
     ours_fn = forward_backward(loss)
-    loop_fn = forward_backward(lambda x, lg, lb: reference(x, lg, lb, **options))
+    loop_fn = forward_backward(lambda x, lg, lb: loop_pne_loss(x, lg, lb, **options))
     loop_s, ours_s = abab(loop_fn, ours_fn, repeats)
     (ours_value, ours_grad), (loop_value, loop_grad) = ours_fn(), loop_fn()
     torch.testing.assert_close(ours_value, loop_value, rtol=1e-5, atol=1e-6)
@@ -92,13 +74,12 @@ def pne_loss(repeats: int) -> dict:
 
 
 def pyramid(repeats: int) -> dict:
-    loop_targets = load(ROOT / "benchmarks" / "specialize_fuse.py", "bench_sf").loop_pyramid_targets
     g = torch.Generator().manual_seed(0)
-    labels = blocky_labels(2, 192, 8, 12, g)  # blocks straddle cells: mixed, unity and ignore cells
+    labels = blocky_labels(2, 192, 8, g, block=12)  # blocks straddle cells: mixed, unity and ignore cells
     strides = [32, 16, 8, 4]
-    loop_s, ours_s = abab(lambda: loop_targets(labels, strides), lambda: pyramid_targets(labels, strides),
+    loop_s, ours_s = abab(lambda: loop_pyramid_targets(labels, strides), lambda: pyramid_targets(labels, strides),
                           max(1, repeats // 2))
-    fast, slow = pyramid_targets(labels, strides), loop_targets(labels, strides)
+    fast, slow = pyramid_targets(labels, strides), loop_pyramid_targets(labels, strides)
     diff = 0.0
     for got, want in zip(fast[0] + fast[1], slow[0] + slow[1]):
         torch.testing.assert_close(got, want)
@@ -107,18 +88,18 @@ def pyramid(repeats: int) -> dict:
 
 
 def class_means(repeats: int) -> dict:
-    loop_means = load(ROOT / "benchmarks" / "mvsc.py", "bench_mvsc").loop_class_means
     g = torch.Generator().manual_seed(0)
     batch, dim, classes, groups = 4, 128, 150, 4  # ADE20K's 150 classes at 1/4 of a 256 crop
     features = torch.randn(batch, dim, 64, 64, generator=g)
-    labels = blocky_labels(batch, 64, classes, 4, g)
+    labels = blocky_labels(batch, 64, classes, g, block=4)
     ours, _ = grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes)
     group = random_class_groups(labels, groups, classes, torch.Generator().manual_seed(0))
-    loop = loop_means(features, labels, group, groups, classes)
+    loop = loop_grouped_class_means(features, labels, group, groups, classes)
     torch.testing.assert_close(ours, loop)
     loop_s, ours_s = abab(
-        lambda: loop_means(features, labels, random_class_groups(labels, groups, classes,
-                                                                 torch.Generator().manual_seed(0)), groups, classes),
+        lambda: loop_grouped_class_means(features, labels, random_class_groups(labels, groups, classes,
+                                                                               torch.Generator().manual_seed(0)),
+                                         groups, classes),
         lambda: grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes),
         repeats)
     return row("grouped_class_means", f"B={batch} D={dim} 64x64 K={classes} G={groups}", loop_s, ours_s,

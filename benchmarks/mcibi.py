@@ -17,65 +17,39 @@ import argparse
 import json
 from collections.abc import Callable
 
+import repo_root  # noqa: F401
 import torch
-import torch.nn.functional as F
 from timing import alternate
+from workload import blocky_labels, infer, train_step
 
 from segcentroids.callbacks.run_recorder import inference_cost
 from segcentroids.methods import MCIBI, Baseline
 from segcentroids.models import SegModel
-from segcentroids.nn.memory import WEIGHT_EPS, FeatureMemory
-
-
-def loop_update(memory: torch.Tensor, initialized: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
-                momentum: float, resolution: str) -> None:
-    """The authors' way: upsample the features to the labels (or take labels at the features), then a loop over the
-    classes present (`unique`, boolean-mask indexing, host syncs)."""
-    if resolution == "label":
-        grid = F.interpolate(features, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    else:
-        grid = features
-        labels = F.interpolate(labels[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
-    pixels = grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])
-    flat = labels.reshape(-1)
-    for k in flat.unique().tolist():
-        if k == 255:
-            continue
-        members = pixels[flat == k]
-        if initialized[k] == 0:
-            memory[k] = members.mean(0)
-            initialized[k] = 1
-            continue
-        similarity = F.cosine_similarity(members, memory[k].expand_as(members), dim=1)
-        weights = (1 - similarity).clamp_min(0) + WEIGHT_EPS
-        target = (weights[:, None] * members).sum(0) / weights.sum()
-        memory[k] = (1 - momentum) * memory[k] + momentum * target
-
+from segcentroids.nn.memory import FeatureMemory
+from tests.references import loop_memory_update
 
 
 def memory_case(resolution: str, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                 repeats: int) -> dict:
-    """One resolution: ours against the per-class loop at the same resolution, from an initialised memory."""
+    """One resolution: ours against the per-class loop (`tests.references.loop_memory_update`) at the same
+    resolution, from an initialised memory."""
     channels = features.shape[1]
     ours = FeatureMemory(num_classes, channels, update_resolution=resolution)
     ours.update(features.roll(1, 0), labels, 0.9)  # initialise (the cosine path is the one timed)
     start_memory, start_flags = ours.memory.clone(), ours.initialized.clone()
-    loop_memory, loop_flags = start_memory.clone(), start_flags.clone()
+    loop: dict[str, torch.Tensor] = {}
 
     def run_ours() -> None:
         ours.memory.copy_(start_memory)
         ours.initialized.copy_(start_flags)
         ours.update(features, labels, 0.5)
 
-    def run_loop() -> None:
-        loop_memory.copy_(start_memory)
-        loop_flags.copy_(start_flags)
-        loop_update(loop_memory, loop_flags, features, labels, 0.5, resolution)
+    def run_loop() -> None:  # the loop starts from copies of the same memory
+        loop["memory"], _ = loop_memory_update(start_memory, start_flags, features, labels, 0.5, "cosine", resolution)
 
     with torch.no_grad():
         times = alternate({"loop": run_loop, "ours": run_ours}, repeats)
-        reference_memory, reference_flags = start_memory.clone(), start_flags.clone()
-        loop_update(reference_memory, reference_flags, features, labels, 0.5, "label")
+        reference_memory, _ = loop_memory_update(start_memory, start_flags, features, labels, 0.5, "cosine", "label")
         run_loop()
         run_ours()
     batch, _, size, _ = features.shape
@@ -84,7 +58,7 @@ def memory_case(resolution: str, features: torch.Tensor, labels: torch.Tensor, n
         "shape": f"B={batch} C={channels} K={num_classes} feat {size}^2 labels {labels.shape[-1]}^2",
         "loop_ms": 1e3 * times["loop"], "ours_ms": 1e3 * times["ours"],
         "speedup_vs_own_loop": times["loop"] / times["ours"],
-        "max_abs_diff_vs_own_loop": float((ours.memory - loop_memory).abs().max()),
+        "max_abs_diff_vs_own_loop": float((ours.memory - loop["memory"]).abs().max()),
         "max_abs_diff_vs_label_loop": float((ours.memory - reference_memory).abs().max()),
     }
 
@@ -93,10 +67,7 @@ def bench_memory(repeats: int, num_classes: int, channels: int, feature_size: in
                  batch: int) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(batch, channels, feature_size, feature_size, generator=generator)
-    # blocky labels (regions of 16x16 pixels) over ~all classes, plus some ignore
-    blocks = torch.randint(0, num_classes, (batch, label_size // 16, label_size // 16), generator=generator)
-    labels = blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)
-    labels[:, :8] = 255
+    labels = blocky_labels(batch, label_size, num_classes, generator, ignore_rows=8)  # ~all classes, some ignore
     rows = [memory_case(resolution, features, labels, num_classes, repeats) for resolution in ("label", "feature")]
     # the feature resolution against the authors' loop at the label size (the issue's >= 10x target)
     rows[1]["speedup_vs_label_loop"] = rows[0]["loop_ms"] / rows[1]["ours_ms"]
@@ -117,31 +88,17 @@ def bench_cost(arch: str, encoder: str, repeats: int, size: int, batch: int, num
     labels = torch.randint(0, num_classes, (batch, size, size), generator=generator)
     optimizers = {name: torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) for name, model in models.items()}
 
-    def train_step(name: str) -> Callable[[], None]:
+    def step(name: str) -> Callable[[], None]:
         model, optimizer = models[name], optimizers[name]
 
         def run() -> None:
-            model.train()
-            outputs, losses = model.training_outputs(images, labels)
-            total = model.total_loss(losses)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            outputs = train_step(model, images, labels, optimizer)
             if isinstance(model, MCIBI):  # what MemoryUpdate does after the step
                 model.memory.update(outputs["memory_features"].detach(), labels, 0.5)
         return run
 
-    def infer(name: str) -> Callable[[], None]:
-        model = models[name]
-
-        def run() -> None:
-            model.eval()
-            with torch.no_grad():
-                model(images)
-        return run
-
-    train = alternate({name: train_step(name) for name in models}, repeats)
-    inference = alternate({name: infer(name) for name in models}, repeats)
+    train = alternate({name: step(name) for name in models}, repeats)
+    inference = alternate({name: lambda model=model: infer(model, images) for name, model in models.items()}, repeats)
     costs = {name: inference_cost(model, images[:1]) for name, model in models.items()}
     flops = {name: cost["gflops"] for name, cost in costs.items()}
     params = {name: cost["params_inference"] for name, cost in costs.items()}  # the aux head is training-only

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 from timing import abab
+from workload import infer, train_step
 
 from segcentroids.callbacks.run_recorder import inference_cost
 from segcentroids.methods import Baseline, MLSeg, Segmenter
@@ -27,20 +28,6 @@ from segcentroids.ops import labels_to_ranks, select_top_labels
 
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def train_step(model: Baseline, images: torch.Tensor, labels: torch.Tensor) -> None:
-    model.train()
-    model.zero_grad(set_to_none=True)
-    _, losses = model.training_outputs(images, labels)
-    model.total_loss(losses).backward()
-
-
-def infer(model: Baseline, images: torch.Tensor) -> None:
-    model.eval()
-    with torch.no_grad():
-        model(images)
-
 
 
 def compare(name: str, make_baseline: Callable[[], Baseline], make_mlseg: Callable[[], MLSeg], size: int,

@@ -3,7 +3,7 @@
 The centroids are training-only, so the inference graph must be the Baseline's (params and FLOPs ratio 1.00); the
 training step adds the random grouping, L_fca, L_cos and the centroids through the classifier (target <= 1.05x).
 Timings alternate the two models (ABAB) and report medians of single-threaded CPU time (one AdamW step included).
-Also times the vectorised `grouped_class_means` against a loop over classes.
+Also times the vectorised `grouped_class_means` against a loop over classes (`tests/references.py`).
 
     python benchmarks/mvsc.py --size 256 --classes 150 --batch 2 --repeats 7
 
@@ -17,32 +17,22 @@ import json
 import time
 from collections.abc import Callable
 
+import repo_root  # noqa: F401
 import torch
 from timing import abab
+from workload import blocky_labels, train_step
 
 from segcentroids.callbacks.run_recorder import inference_cost
 from segcentroids.methods import MVSC, Baseline
 from segcentroids.models import SegModel
 from segcentroids.ops.grouping import grouped_class_means, random_class_groups
 from segcentroids.ops.resample import nearest_labels
+from tests.references import loop_grouped_class_means
 
 
-def train_step(model: Baseline, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor) -> None:
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    _, losses = model.training_outputs(images, labels)
-    model.total_loss(losses).backward()
-    optimizer.step()
-
-
-
-def blob_labels(batch: int, size: int, classes: int, seed: int = 0) -> torch.Tensor:
-    """Labels made of 16x16-pixel blocks of random classes, with some ignore."""
-    generator = torch.Generator().manual_seed(seed)
-    cells = torch.randint(0, classes, (batch, size // 16, size // 16), generator=generator)
-    labels = cells.repeat_interleave(16, 1).repeat_interleave(16, 2)
-    labels[:, : size // 16] = 255
-    return labels
+def scene_labels(batch: int, size: int, classes: int) -> torch.Tensor:
+    """Labels made of 16x16-pixel blocks of random classes (seed 0), the top 1/16 of the rows ignore."""
+    return blocky_labels(batch, size, classes, torch.Generator().manual_seed(0), ignore_rows=size // 16)
 
 
 def compare(name: str, make_segmodel: Callable[[], SegModel], size: int, classes: int, batch: int,
@@ -53,15 +43,15 @@ def compare(name: str, make_segmodel: Callable[[], SegModel], size: int, classes
     mvsc = MVSC(segmodel=make_segmodel(), num_classes=classes)
     mvsc.load_state_dict(baseline.state_dict(), strict=False)  # same weights: only the centroids are new
     images = torch.randn(batch, 3, size, size)
-    labels = blob_labels(batch, size, classes)
+    labels = scene_labels(batch, size, classes)
     one = images[:1]
     params = (sum(p.numel() for p in baseline.parameters()), sum(p.numel() for p in mvsc.parameters()))
     costs = (inference_cost(baseline, one), inference_cost(mvsc, one))
     used = tuple(c["params_inference"] for c in costs)
     flops = tuple(c["gflops"] for c in costs)
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-5) for m in (baseline, mvsc)]
-    train = abab(lambda: train_step(baseline, optimizers[0], images, labels),
-                 lambda: train_step(mvsc, optimizers[1], images, labels), repeats, clock=time.process_time)
+    train = abab(lambda: train_step(baseline, images, labels, optimizers[0]),
+                 lambda: train_step(mvsc, images, labels, optimizers[1]), repeats, clock=time.process_time)
     return {
         "pair": name, "size": size, "classes": classes, "groups": mvsc.groups, "dim": segmodel.out_channels,
         "train_batch": batch,
@@ -72,31 +62,16 @@ def compare(name: str, make_segmodel: Callable[[], SegModel], size: int, classes
     }
 
 
-def loop_class_means(features: torch.Tensor, labels: torch.Tensor, group: torch.Tensor, groups: int,
-                     classes: int) -> torch.Tensor:
-    """Reference: one masked mean per (class, group), looping over classes."""
-    flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-    labels, group = labels.reshape(-1), group.reshape(-1)
-    means = flat.new_zeros(groups, classes, flat.shape[1])
-    for k in range(classes):
-        in_class = labels == k
-        if in_class.any():
-            for g in range(groups):
-                selected = in_class & (group == g)
-                means[g, k] = flat[selected].mean(0) if selected.any() else flat[in_class].mean(0)
-    return means
-
-
 def grouping_timing(batch: int, dim: int, size: int, classes: int, groups: int, repeats: int) -> dict:
     torch.manual_seed(0)
     features = torch.randn(batch, dim, size // 4, size // 4)
-    labels = nearest_labels(blob_labels(batch, size, classes), (size // 4, size // 4))
+    labels = nearest_labels(scene_labels(batch, size, classes), (size // 4, size // 4))
     ours, _ = grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes)
     group = random_class_groups(labels, groups, classes, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(ours, loop_class_means(features, labels, group, groups, classes))
+    torch.testing.assert_close(ours, loop_grouped_class_means(features, labels, group, groups, classes))
     vectorised, loop = abab(
         lambda: grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes),
-        lambda: loop_class_means(features, labels, group, groups, classes), repeats, clock=time.process_time)
+        lambda: loop_grouped_class_means(features, labels, group, groups, classes), repeats, clock=time.process_time)
     return {"op": "grouped_class_means", "features": list(features.shape), "classes": classes, "groups": groups,
             "vectorised_ms": round(vectorised * 1e3, 2), "loop_ms": round(loop * 1e3, 2),
             "speedup": round(loop / vectorised, 1)}

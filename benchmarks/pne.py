@@ -4,8 +4,8 @@
 
 1. Loss (forward + backward) on a realistic case: 19 classes, 1/8-resolution Cityscapes-size maps (128 x 256),
    batch 8, 256-d embeddings, a trained-looking prediction (boundaries off by one pixel, 1% confused with a
-   neighbour class), class-dependent embeddings, `sampling="first"`, S = 100, max anchor set 199. Same value to
-   1e-5; speed ratio loop / vectorised.
+   neighbour class), class-dependent embeddings, `sampling="first"`, S = 100, max anchor set 199, against the tests'
+   loop (`tests/references.py::loop_pne_loss`). Same value to 1e-5; speed ratio loop / vectorised.
 2. Training step (forward, backward, SGD step) of PNE vs Baseline on the same SegModel, alternating (ABAB), medians.
 3. Inference: PNE's eval forward vs Baseline's with the same weights: identical output, time ratio.
 Prints JSON, then a Markdown table. Single thread (`torch.set_num_threads(1)`).
@@ -14,27 +14,18 @@ Prints JSON, then a Markdown table. Single thread (`torch.set_num_threads(1)`).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
+import repo_root  # noqa: F401
 import torch
 import torch.nn.functional as F
 from timing import alternate
+from workload import train_step
 
 from segcentroids.losses import PNELoss
 from segcentroids.methods import PNE, Baseline
 from segcentroids.models import SegModel
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_reference():
-    """The per-pair loop kept in the tests (`tests/test_pne.py::reference_pne`)."""
-    spec = importlib.util.spec_from_file_location("test_pne", ROOT / "tests" / "test_pne.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.reference_pne
+from tests.references import loop_pne_loss
 
 
 def realistic_case(B: int = 8, K: int = 19, h: int = 128, w: int = 256, D: int = 256, seed: int = 0):
@@ -55,7 +46,6 @@ def realistic_case(B: int = 8, K: int = 19, h: int = 128, w: int = 256, D: int =
 
 
 def bench_loss(repeats: int) -> dict:
-    reference = load_reference()
     embeddings, logits, labels = realistic_case()
     options = {"samples_per_set": 100, "max_anchor_set": 199}
     loss = PNELoss(sampling="first", **options)
@@ -68,7 +58,7 @@ def bench_loss(repeats: int) -> dict:
 
     def loop():
         x = embeddings.clone().requires_grad_()
-        value = reference(x, logits, labels, **options)
+        value = loop_pne_loss(x, logits, labels, **options)
         value.backward()
         return value
 
@@ -101,18 +91,9 @@ def bench_training(repeats: int, size: int, encoder: str, batch: int, num_classe
 
     def step(model):
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        return lambda: train_step(model, images, labels, optimizer)
 
-        def run():
-            outputs, losses = model.training_outputs(images, labels)
-            for extra in model.extra_losses:
-                losses.update(extra(outputs, labels))
-            total = model.total_loss(losses)
-            optimizer.zero_grad()
-            total.backward()
-            optimizer.step()
-        return run
-
-    med = alternate({"baseline": step(baseline.train()), "pne": step(pne.train())}, repeats)
+    med = alternate({"baseline": step(baseline), "pne": step(pne)}, repeats)
     return {"case": f"DeepLabV3 {encoder} (stride 8), batch {batch}, {size}x{size}, 19 classes",
             "baseline_s": med["baseline"],
             "pne_s": med["pne"], "ratio": med["pne"] / med["baseline"]}

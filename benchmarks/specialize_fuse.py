@@ -4,7 +4,7 @@ Baseline = SegModel + dropout + 1x1 classifier. SpecializeFuse = the same SegMod
 head (coarse-to-fine context), L = 4 levels. Parameters and FLOPs are those of the inference graph (fused inference
 runs both heads). Timings alternate the two models (ABAB) and report medians, single-threaded on CPU unless
 `--device cuda`. The pyramid targets (max/min pooling over cells, ours) are checked equal to a straightforward
-per-cell Python loop and timed against it.
+per-cell Python loop (the tests' `tests/references.py::loop_pyramid_targets`) and timed against it.
 
     python benchmarks/specialize_fuse.py --arch fpn --encoder resnet50 --decoder-channels 256 --size 256 \
         --semantic-channels 256 --classes 150 --repeats 5
@@ -23,50 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 
+import repo_root  # noqa: F401
 import torch
 from timing import abab
+from workload import infer, train_step
 
 from segcentroids.callbacks.run_recorder import inference_cost
 from segcentroids.methods import Baseline, SpecializeFuse
 from segcentroids.models import SegModel
 from segcentroids.ops import pyramid_targets
-
-
-def loop_pyramid_targets(labels: torch.Tensor, strides: list[int], ignore: int = 255):
-    """Per-cell loop: the rules of METHODS.md section 2 written one cell at a time."""
-    semantic, unity = [], []
-    b, h, w = labels.shape
-    cpu = labels.cpu()
-    for s in strides:
-        sem = torch.full((b, h // s, w // s), ignore, dtype=torch.long)
-        uni = torch.full((b, h // s, w // s), ignore, dtype=torch.long)
-        for n in range(b):
-            for i in range(h // s):
-                for j in range(w // s):
-                    cell = cpu[n, i * s : (i + 1) * s, j * s : (j + 1) * s]
-                    values = cell[cell != ignore].unique()
-                    if len(values) == 1:
-                        sem[n, i, j] = values[0]
-                    if len(values) > 1:
-                        uni[n, i, j] = 0
-                    elif not (cell == ignore).any():
-                        uni[n, i, j] = 1
-        semantic.append(sem)
-        unity.append(uni)
-    return semantic, unity
-
-
-def train_step(model: Baseline, images: torch.Tensor, labels: torch.Tensor) -> None:
-    model.train()
-    model.zero_grad(set_to_none=True)
-    _, losses = model.training_outputs(images, labels)
-    model.total_loss(losses).backward()
-
-
-def infer(model: Baseline, images: torch.Tensor) -> None:
-    model.eval()
-    with torch.no_grad():
-        model(images)
+from tests.references import loop_pyramid_targets
 
 
 def decoder_channels_arg(value: str) -> int | str | None:

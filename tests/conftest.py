@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 import yaml
+
+if TYPE_CHECKING:
+    from segcentroids.models import SegModel
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -43,3 +47,19 @@ def segmodel_args(config: Path) -> dict:
     if isinstance(segmodel, str):  # a path relative to the experiment file, as jsonargparse resolves it
         segmodel = yaml.safe_load((config.parent / segmodel).read_text())
     return segmodel["init_args"]
+
+
+def tiny_segmodel_args(arch: str = "fpn", **overrides) -> dict:
+    """SegModel arguments of the tests' small CPU model: ResNet-18 from scratch (no download), 32 decoder channels;
+    `overrides` replace or add any SegModel argument (also as a CLI `init_args` block)."""
+    return {"arch": arch, "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32, **overrides}
+
+
+def tiny_segmodel(arch: str = "fpn", seed: int | None = None, **overrides) -> SegModel:
+    """The tests' small SegModel (`tiny_segmodel_args`). With `seed`, torch is seeded first (equal seeds, equal
+    weights)."""
+    from segcentroids.models import SegModel  # here: most test files never build a model
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return SegModel(**tiny_segmodel_args(arch, **overrides))

@@ -12,11 +12,7 @@ from torch import Tensor
 from segcentroids.losses import ExtraLoss, LossContext
 from segcentroids.methods import Baseline, MLSeg, OptimConfig, ParamGroupRule, SpecializeFuse
 from segcentroids.methods.base import poly_lr_factor
-from segcentroids.models import SegModel
-
-
-def tiny_segmodel(arch: str = "fpn") -> SegModel:
-    return SegModel(arch=arch, encoder_name="resnet18", encoder_weights=None, decoder_channels=32)
+from tests.conftest import tiny_segmodel
 
 
 def batch(num_classes: int = 4, size: int = 32) -> dict:
@@ -143,7 +139,7 @@ def test_eval_step_resizes_to_label_size_and_updates_metric() -> None:
 @pytest.mark.parametrize("method", [Baseline, MLSeg, SpecializeFuse])
 def test_ocr_soft_regions_are_supervised(method: type) -> None:
     """Every method supervises OCR's soft object regions (Specialize-and-Fuse skipped them before)."""
-    segmodel = SegModel(arch="ocr", encoder_name="resnet18", encoder_weights=None, decoder_channels=32, num_classes=4)
+    segmodel = tiny_segmodel("ocr", num_classes=4)
     extra = {SpecializeFuse: {"strides": [16, 8], "num_levels": 2, "semantic_channels": 16}, MLSeg: {"kappa": 3}}
     model = method(segmodel=segmodel, num_classes=4, **extra.get(method, {})).eval()  # eval: no dropout
     data = batch()

@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -32,46 +31,8 @@ from segcentroids.methods import MCIBI, Baseline
 from segcentroids.models import SegModel
 from segcentroids.nn.dataset_context import ContextFusion, CrossAttention, DatasetContextAggregation
 from segcentroids.nn.memory import RESOLUTIONS, WEIGHT_EPS, FeatureMemory
-from tests.conftest import segmodel_args
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# --------------------------------------------------------------------------------------------- references
-def loop_update(memory: torch.Tensor, initialized: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
-                momentum: float, weighting: str, resolution: str, ignore_index: int = 255):
-    """Straightforward per-class loop (the authors' way): features upsampled to the labels (or labels
-    nearest-downsampled to the features), Eq. 8-10 per class present, Eq. 6; first sight = class mean."""
-    memory, initialized = memory.clone(), initialized.clone()
-    if resolution == "label":
-        grid = F.interpolate(features.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    else:
-        grid = features.float()
-        labels = F.interpolate(labels[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
-    pixels = grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])
-    flat = labels.reshape(-1)
-    for k in range(memory.shape[0]):
-        members = pixels[flat == k]
-        if len(members) == 0:
-            continue
-        if initialized[k] == 0:
-            memory[k] = members.mean(0)
-            initialized[k] = 1
-            continue
-        if weighting == "cosine":
-            similarity = F.cosine_similarity(members, memory[k].expand_as(members), dim=1)
-            weights = (1 - similarity).clamp_min(0) + WEIGHT_EPS
-        else:
-            weights = torch.ones(len(members))
-        target = (weights[:, None] * members).sum(0) / weights.sum()
-        memory[k] = (1 - momentum) * memory[k] + momentum * target
-    return memory, initialized
+from tests.conftest import segmodel_args, tiny_segmodel, tiny_segmodel_args
+from tests.references import loop_image_class_means, loop_memory_update
 
 
 # ------------------------------------------------------------------------------------------ memory by hand
@@ -147,7 +108,7 @@ def test_update_matches_per_class_loop(resolution: str, weighting: str):
         labels = torch.randint(0, 3 + step, (2, *label_size))  # classes 3, 4 absent at first
         labels[0, :2] = 255
         module.update(features, labels, momentum=0.3)
-        memory, initialized = loop_update(memory, initialized, features, labels, 0.3, weighting, resolution)
+        memory, initialized = loop_memory_update(memory, initialized, features, labels, 0.3, weighting, resolution)
         torch.testing.assert_close(module.memory, memory, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(module.initialized, initialized)
 
@@ -294,24 +255,6 @@ def test_memory_update_callback_feeds_outputs():
         update.on_train_batch_end(None, None, {"loss": 0, "outputs": {}}, batch, 0)
 
 
-def _per_image_class_means_loop(features, labels, num_classes, resolution):
-    """Oracle: per image and class, the mean of the (upsampled) features over the class's pixels, one at a time."""
-    if resolution == "label":
-        grid = F.interpolate(features.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    else:
-        grid = features.float()
-        labels = F.interpolate(labels[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
-    means = torch.zeros(features.shape[0], num_classes, features.shape[1])
-    present = torch.zeros(features.shape[0], num_classes, dtype=torch.bool)
-    for b in range(features.shape[0]):
-        for k in range(num_classes):
-            mask = labels[b] == k
-            if mask.any():
-                means[b, k] = grid[b][:, mask].mean(1)
-                present[b, k] = True
-    return means, present
-
-
 @pytest.mark.parametrize("resolution", RESOLUTIONS)
 def test_image_class_means_match_per_image_loop(resolution: str):
     torch.manual_seed(0)
@@ -321,7 +264,7 @@ def test_image_class_means_match_per_image_loop(resolution: str):
     labels[2] = torch.where(labels[2] == 1, 255, labels[2])  # class 1 absent from image 2
     memory = FeatureMemory(4, 5, update_resolution=resolution)  # class 3 in no image
     means, present = memory.image_class_means(features, labels)
-    expected_means, expected_present = _per_image_class_means_loop(features, labels, 4, resolution)
+    expected_means, expected_present = loop_image_class_means(features, labels, 4, resolution)
     assert torch.equal(present, expected_present) and not present[:, 3].any() and not present[2, 1]
     torch.testing.assert_close(means, expected_means, atol=1e-5, rtol=1e-5)
     assert memory.initialized.sum() == 0  # a read-only pass
@@ -364,7 +307,7 @@ def test_clustering_initialization_is_the_mean_of_per_image_class_means():
     assert all(torch.equal(buffers[name], b) for name, b in model.named_buffers() if name in buffers)
     model.train()  # the oracle: features as a training step computes them (batch statistics)
     with torch.no_grad():
-        per_image = [_per_image_class_means_loop(model.memory_features(b["image"]), b["mask"], 4, "label")
+        per_image = [loop_image_class_means(model.memory_features(b["image"]), b["mask"], 4, "label")
                      for b in batches[:2]]
     means = torch.cat([m for m, _ in per_image])
     present = torch.cat([p for _, p in per_image]).float()
@@ -471,9 +414,7 @@ def test_rcl_loss_by_hand_only_initialised_rows():
 
 # ------------------------------------------------------------------------------------------------- the method
 def _model(arch: str = "fcn", num_classes: int = 4, **kwargs) -> MCIBI:
-    torch.manual_seed(0)
-    segmodel = SegModel(arch=arch, encoder_name="resnet18", encoder_weights=None, decoder_channels=32,
-                        num_classes=num_classes if arch == "ocr" else None)
+    segmodel = tiny_segmodel(arch, seed=0, num_classes=num_classes if arch == "ocr" else None)
     return MCIBI(segmodel=segmodel, num_classes=num_classes, memory_channels=16, transform_channels=8, **kwargs)
 
 
@@ -603,7 +544,7 @@ def _fast_dev_run(config: Path, run_dir: Path, *extra: str) -> None:
     from segcentroids.cli import main
 
     arch = segmodel_args(config)["arch"]
-    tiny = {"arch": arch, "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32}
+    tiny = tiny_segmodel_args(arch)
     if arch == "ocr":
         tiny["num_classes"] = 8
     segmodel = json.dumps({"class_path": "segcentroids.models.SegModel", "init_args": tiny})
@@ -672,7 +613,7 @@ def test_ablation_rows_are_mcibi_overrides(table: Path):
             seg["num_classes"] = 4
         key = tuple(sorted(seg.items()))
         if key not in segmodels:
-            segmodels[key] = SegModel(encoder_name="resnet18", encoder_weights=None, decoder_channels=32, **seg)
+            segmodels[key] = tiny_segmodel(**seg)
         segmodel = copy.deepcopy(segmodels[key])  # MCIBI on FCN removes the decoder of its SegModel
         extra = {"memory_channels": 16, "transform_channels": 8} if method is MCIBI else {}
         model = method(segmodel=segmodel, num_classes=4, **extra, **kwargs)
@@ -682,7 +623,7 @@ def test_ablation_rows_are_mcibi_overrides(table: Path):
 
 
 def test_fcn_mcibi_leaves_the_given_segmodel_and_loads_checkpoints_with_the_old_momentum_key():
-    segmodel = SegModel(arch="fcn", encoder_name="resnet18", encoder_weights=None, decoder_channels=32)
+    segmodel = tiny_segmodel("fcn")
     model = MCIBI(segmodel=segmodel, num_classes=4, memory_channels=16, transform_channels=8)
     assert model.segmodel.encoder is segmodel.encoder and list(segmodel.decoder.parameters())  # not mutated
     state = model.state_dict()

@@ -23,6 +23,7 @@ from segcentroids.ops import (
     select_top_labels,
     suppress_classes,
 )
+from tests.conftest import tiny_segmodel_args
 
 ROOT = Path(__file__).resolve().parents[1]
 IGNORE = 255
@@ -208,6 +209,7 @@ def test_linear_classifier_is_a_dot_product_with_selected_weights():
 # --------------------------------------------------------------------------------------------------- method
 @pytest.fixture(scope="module")
 def segmodel() -> SegModel:
+    # not tests.conftest.tiny_segmodel: MLSeg's paper model is Segmenter, a plain ViT with no decoder
     return SegModel(arch="identity", encoder_name="tu-vit_tiny_patch16_224", encoder_weights=None,
                     encoder_kwargs={"depth": 4})
 
@@ -385,7 +387,7 @@ CONFIGS = sorted((ROOT / "configs" / "experiments" / "mlseg").glob("*.yaml"))
 TINY_SEGMODELS = {  # whole SegModel replaced: a `...encoder_weights=null` override reaches SegModel as "None"
     "segmenter": {"arch": "identity", "encoder_name": "tu-vit_tiny_patch16_224", "encoder_weights": None,
                   "encoder_kwargs": {"depth": 4}},
-    "deeplabv3": {"arch": "deeplabv3", "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32},
+    "deeplabv3": tiny_segmodel_args("deeplabv3"),
 }
 
 

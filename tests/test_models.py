@@ -5,6 +5,7 @@ import torch
 
 from segcentroids.models import ARCHS, SegModel
 from segcentroids.nn import FCNHead
+from tests.conftest import tiny_segmodel, tiny_segmodel_args
 
 SIZE = 64
 NUM_CLASSES = 5
@@ -22,18 +23,8 @@ EXPECTED_STRIDE = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the shared CPU cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(arch: str, encoder_name: str = "resnet18", **kwargs) -> SegModel:
-    kwargs.setdefault("decoder_channels", 32)
-    return SegModel(arch, encoder_name, encoder_weights=None, num_classes=NUM_CLASSES, **kwargs)
+    return tiny_segmodel(arch, encoder_name=encoder_name, num_classes=NUM_CLASSES, **kwargs)
 
 
 def check_outputs(model: SegModel, out: dict, batch: int = 2, size: int = SIZE) -> None:
@@ -199,8 +190,7 @@ def test_arch_name_is_case_insensitive() -> None:
     ],
 )
 def test_bad_configuration_gives_clear_error(kwargs: dict, match: str) -> None:
-    arguments = {"arch": "fcn", "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32}
-    arguments.update({"num_classes": NUM_CLASSES}, **kwargs)
+    arguments = {**tiny_segmodel_args("fcn"), "num_classes": NUM_CLASSES, **kwargs}
     with pytest.raises(ValueError, match=match):
         SegModel(**arguments)
 

@@ -18,15 +18,8 @@ from segcentroids.losses.centroid import (
 )
 from segcentroids.nn.centroids import Centroids
 from segcentroids.ops.grouping import grouped_class_means, random_class_groups
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than several on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.conftest import tiny_segmodel
+from tests.references import loop_fca_loss, loop_grouped_class_means
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -78,19 +71,6 @@ def test_random_groups_ignore_out_of_range_labels():
     assert torch.equal(group, random_class_groups(labels.int(), 2, num_classes=2, generator=_gen(0)))
 
 
-def _loop_means(features, labels, group, groups, num_classes):
-    """Reference: per (group, class) mean with explicit loops."""
-    feats = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double().numpy()
-    lab, grp = labels.reshape(-1).numpy(), group.reshape(-1).numpy()
-    out = np.zeros((groups, num_classes, feats.shape[1]))
-    for k in range(num_classes):
-        for g in range(groups):
-            sel = (lab == k) & (grp == g)
-            if sel.any():
-                out[g, k] = feats[sel].mean(0)
-    return out
-
-
 @pytest.mark.parametrize("groups", [1, 3, 4])
 def test_grouped_class_means_match_loop_reference(groups):
     labels = _labels(3, num_classes=5)
@@ -100,7 +80,8 @@ def test_grouped_class_means_match_loop_reference(groups):
     group = random_class_groups(labels, groups, 5, generator=_gen(7))
     assert means.shape == (groups, 5, 6)
     assert present.tolist() == [True, True, False, True, True]
-    np.testing.assert_allclose(means.double().numpy(), _loop_means(features, labels, group, groups, 5), atol=1e-5)
+    expected = loop_grouped_class_means(features.double(), labels, group, groups, 5)
+    np.testing.assert_allclose(means.double().numpy(), expected.numpy(), atol=1e-5)
 
 
 def test_grouped_class_means_single_group_is_class_mean_and_infers_num_classes():
@@ -165,25 +146,6 @@ def test_fca_hand_computation_orthogonal():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def _fca_reference(region, centroids, present, tau, negatives):
-    r = region.double().numpy()
-    v = centroids.double().numpy()
-    vg = v.mean(0)
-    unit = lambda x: x / max(np.linalg.norm(x), 1e-12)  # noqa: E731
-    terms = []
-    G, K, _ = v.shape
-    for n in range(K):
-        if not present[n]:
-            continue
-        for g in range(G):
-            ri = unit(r[g, n])
-            pos = math.exp(ri @ unit(v[g, n]) / tau)
-            neg = sum(math.exp(ri @ unit(vg[j]) / tau) for j in range(K)
-                      if j != n and (negatives == "all" or present[j]))
-            terms.append(-math.log(pos / (pos + neg)))
-    return sum(terms) / len(terms)
-
-
 @pytest.mark.parametrize("negatives", ["all", "present"])
 def test_fca_matches_loop_reference(negatives):
     g = _gen(11)
@@ -191,7 +153,7 @@ def test_fca_matches_loop_reference(negatives):
     present = torch.tensor([True, False, True, True, False])
     region[:, ~present] = 0.0
     loss = feature_centroid_alignment_loss(region, centroids, present, 0.5, negatives)
-    assert loss.item() == pytest.approx(_fca_reference(region, centroids, present.tolist(), 0.5, negatives), rel=1e-5)
+    assert loss.item() == pytest.approx(loop_fca_loss(region, centroids, present.tolist(), 0.5, negatives), rel=1e-5)
 
 
 def test_fca_absent_classes_get_no_term_and_errors():
@@ -257,10 +219,7 @@ def test_semantic_loss_hand_computation_and_absent_classes():
 # ------------------------------------------------------------------------------------------------ the method
 @functools.cache
 def _shared_segmodel():
-    from segcentroids.models import SegModel
-
-    torch.manual_seed(0)
-    return SegModel(arch="fpn", encoder_name="resnet18", encoder_weights=None, decoder_channels=32)
+    return tiny_segmodel(seed=0)
 
 
 def _segmodel():

@@ -9,86 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from segcentroids.losses import PNELoss
-
-
-# ------------------------------------------------------------------------------------------- loop reference
-def reference_pne(embeddings, logits, labels, *, samples_per_set, max_anchor_set=None, temperature=1.0,
-                  positive_weight="normalized", positive_score="softmax", empty_negatives="skip", form="pne",
-                  individual_anchor_sets=True, corresponding_negatives=True, ignore_index=255):
-    """Straightforward per-image, per-pair loop (sampling "first": raster order, tiled or cut to S); the anchors of
-    a pair are handled together. Also the loop `benchmarks/pne.py` times."""
-    B, D, h, w = embeddings.shape
-    K, S, tau = logits.shape[1], samples_per_set, temperature
-    if labels.shape[-2:] != (h, w):
-        labels = labels[:, :: labels.shape[-2] // h, :: labels.shape[-1] // w]
-    emb = embeddings / embeddings.norm(dim=1, keepdim=True)
-    terms = []
-    for b in range(B):
-        E, y, lg = emb[b].flatten(1).T, labels[b].flatten(), logits[b].flatten(1).detach()
-        pred = lg.argmax(0)
-        score = lg.softmax(0).max(0).values if positive_score == "softmax" else lg.max(0).values.clamp_min(1e-6)
-        valid = (y != ignore_index) & (y >= 0) & (y < K)
-
-        def pick(mask):
-            idx = torch.nonzero(mask).flatten()
-            return idx[torch.arange(S) % len(idx)] if len(idx) else None
-
-        def templates(c, E=E, y=y, pred=pred, valid=valid):
-            idx = pick(valid & (y == c) & (pred == c))
-            return None if idx is None else E[idx].detach()
-
-        for k in range(K):
-            pos_idx = pick(valid & (y == k) & (pred == k))
-            if individual_anchor_sets:
-                sets = [(p, valid & (y == k) & (pred == p)) for p in range(K) if p != k]
-            else:
-                sets = [(None, valid & (y == k) & (pred != k))]
-            for predicted, mask in sets:
-                n = int(mask.sum())
-                if n == 0 or pos_idx is None or (max_anchor_set is not None and n > max_anchor_set):
-                    continue
-                a_idx = pick(mask)
-                anchors, positives = E[a_idx], E[pos_idx].detach()
-                wts = score[pos_idx]
-                if positive_weight == "normalized":
-                    wts = wts / wts.mean()
-                elif positive_weight == "none":
-                    wts = torch.ones_like(wts)
-                if not corresponding_negatives:
-                    pools = [templates(c) for c in range(K) if c != k]
-                    pools = [p for p in pools if p is not None]
-                    if pools:
-                        candidates = torch.cat(pools)
-                        centre = anchors.detach().mean(0)
-                        centre = centre / centre.norm()
-                        set_negatives = candidates[(candidates @ centre).topk(S).indices]
-                    else:
-                        set_negatives = None
-                if corresponding_negatives and not individual_anchor_sets:
-                    # the pooled set shares the union of N_{l,l} over the classes its pixels were predicted as;
-                    # each class's S templates weigh its share of the union's pixels
-                    union = {int(c): int((valid & (y == c) & (pred == c)).sum()) for c in pred[mask].unique()}
-                    union = {c: n for c, n in union.items() if n > 0}
-                    if union:
-                        neg_sum = sum(n / sum(union.values()) * (anchors @ templates(c).T / tau).exp().sum(1)
-                                      for c, n in union.items())
-                    elif empty_negatives == "skip":
-                        continue
-                    else:
-                        neg_sum = (anchors @ anchors.detach().T / tau).exp().sum(1)
-                else:
-                    negatives = templates(predicted) if corresponding_negatives else set_negatives
-                    if negatives is None and empty_negatives == "skip":
-                        continue
-                    sn = anchors @ (anchors.detach() if negatives is None else negatives).T / tau  # [A, S]
-                    neg_sum = sn.exp().sum(1)
-                sp = anchors @ positives.T / tau  # [A, S]
-                if form == "pne":
-                    terms.append(torch.log(1 + neg_sum / (wts * sp.exp()).sum(1)))
-                else:
-                    ratio = sp.exp() / (sp.exp() + neg_sum[:, None])
-                    terms.append((wts * -torch.log(ratio)).sum(1) / S)
-    return torch.cat(terms).mean() if terms else embeddings.sum() * 0
+from tests.conftest import tiny_segmodel
+from tests.references import loop_pne_loss
 
 
 # --------------------------------------------------------------------------------------------------- the toy
@@ -250,7 +172,7 @@ def test_matches_per_pair_loop(options, samples_per_set):
         kw = {"samples_per_set": samples_per_set, "max_anchor_set": None, **options}
         ours_input, ref_input = embeddings.clone().requires_grad_(), embeddings.double().requires_grad_()
         ours = PNELoss(sampling="first", **kw)(ours_input, logits, labels)
-        ref = reference_pne(ref_input, logits.double(), labels, **kw)
+        ref = loop_pne_loss(ref_input, logits.double(), labels, **kw)
         assert ours.item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
         assert ref.item() > 0  # the random cases do have qualifying sets
         ours.backward(), ref.backward()
@@ -283,7 +205,7 @@ def test_hard_negatives_with_no_other_class_templates_match_the_loop(individual_
     assert skip.item() == 0.0 and skip.requires_grad
     ours_input, ref_input = embeddings.detach().clone().requires_grad_(), embeddings.detach().double().requires_grad_()
     ours = PNELoss(sampling="first", empty_negatives="anchors", **kw)(ours_input, logits, labels)
-    ref = reference_pne(ref_input, logits.double(), labels, empty_negatives="anchors", **kw)
+    ref = loop_pne_loss(ref_input, logits.double(), labels, empty_negatives="anchors", **kw)
     assert ref.item() > 0 and ours.item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
     ours.backward(), ref.backward()
     torch.testing.assert_close(ours_input.grad, ref_input.grad.float(), atol=1e-5, rtol=1e-4)
@@ -367,13 +289,6 @@ def test_bad_values_name_the_key(key, value):
 
 
 # ---------------------------------------------------------------------------------- method and plug-in objective
-def _segmodel(seed=0):
-    from segcentroids.models import SegModel
-
-    torch.manual_seed(seed)
-    return SegModel(arch="fpn", encoder_name="resnet18", encoder_weights=None, decoder_channels=32)
-
-
 def _batch(K=4):
     g = torch.Generator().manual_seed(0)
     return torch.randn(2, 3, 64, 64, generator=g), torch.randint(0, K, (2, 64, 64), generator=g)
@@ -382,7 +297,7 @@ def _batch(K=4):
 def test_pne_method_losses_weights_and_gradients():
     from segcentroids.methods import PNE
 
-    model = PNE(segmodel=_segmodel(), num_classes=4, samples_per_set=8, max_anchor_set=None)
+    model = PNE(segmodel=tiny_segmodel(seed=0), num_classes=4, samples_per_set=8, max_anchor_set=None)
     assert model.loss_weights["pne"] == 1.3 and model.extra_losses[0].loss.temperature == 1.0
     outputs, losses = model.training_outputs(*_batch())
     (pne,) = [extra(outputs, _batch()[1]) for extra in model.extra_losses]
@@ -396,7 +311,8 @@ def test_pne_method_losses_weights_and_gradients():
 def test_pne_inference_is_the_baselines():
     from segcentroids.methods import PNE, Baseline
 
-    baseline, pne = Baseline(segmodel=_segmodel(), num_classes=4), PNE(segmodel=_segmodel(1), num_classes=4)
+    baseline = Baseline(segmodel=tiny_segmodel(seed=0), num_classes=4)
+    pne = PNE(segmodel=tiny_segmodel(seed=1), num_classes=4)
     missing, unexpected = pne.load_state_dict(baseline.state_dict(), strict=False)
     assert not unexpected and missing and all(key.startswith("extra_losses.") for key in missing)
     baseline.eval(), pne.eval()
@@ -445,13 +361,13 @@ def test_extra_losses_need_their_own_term_names():
     from segcentroids.methods import PNE, Baseline
 
     with pytest.raises(ValueError, match=r"PNEObjective names its loss terms \['pne'\]"):
-        PNE(segmodel=_segmodel(), num_classes=4, extra_losses=[PNEObjective()])
+        PNE(segmodel=tiny_segmodel(seed=0), num_classes=4, extra_losses=[PNEObjective()])
 
     class ShadowsCE(ExtraLoss):  # declares no weight, returns a term the method computes
         def forward(self, outputs, labels):
             return {"ce": outputs["logits"].sum() * 0}
 
-    model = Baseline(segmodel=_segmodel(), num_classes=4, extra_losses=[ShadowsCE()])
+    model = Baseline(segmodel=tiny_segmodel(seed=0), num_classes=4, extra_losses=[ShadowsCE()])
     images, labels = _batch()
     with pytest.raises(ValueError, match=r"ShadowsCE returned loss terms \['ce'\]"):
         model.training_step({"image": images, "mask": labels}, 0)
@@ -461,12 +377,13 @@ def test_objective_plugs_into_any_method_and_checks_channels():
     from segcentroids.losses import PNEObjective
     from segcentroids.methods import Baseline
 
-    model = Baseline(segmodel=_segmodel(), num_classes=4, extra_losses=[PNEObjective(alpha=0.5, samples_per_set=4)])
+    model = Baseline(segmodel=tiny_segmodel(seed=0), num_classes=4,
+                     extra_losses=[PNEObjective(alpha=0.5, samples_per_set=4)])
     assert model.loss_weights["pne"] == 0.5
     images, labels = _batch()
     outputs, _ = model.training_outputs(images, labels)
     assert torch.isfinite(model.extra_losses[0](outputs, labels)["pne"])
-    wrong = Baseline(segmodel=_segmodel(), num_classes=4, extra_losses=[PNEObjective(in_channels=7)])
+    wrong = Baseline(segmodel=tiny_segmodel(seed=0), num_classes=4, extra_losses=[PNEObjective(in_channels=7)])
     with pytest.raises(ValueError, match="in_channels=32"):
         wrong.extra_losses[0](outputs, labels)
     with pytest.raises(ValueError, match="alpha"):
@@ -477,7 +394,7 @@ def test_random_sampling_repeats_per_step():
     from segcentroids.losses import PNEObjective
     from segcentroids.methods import Baseline
 
-    model = Baseline(segmodel=_segmodel(), num_classes=4, extra_losses=[PNEObjective(samples_per_set=4)])
+    model = Baseline(segmodel=tiny_segmodel(seed=0), num_classes=4, extra_losses=[PNEObjective(samples_per_set=4)])
     images, labels = _batch()
     model.train()
     outputs, _ = model.training_outputs(images, labels)
@@ -499,7 +416,7 @@ def test_diagnostics_are_logged(tmp_path):
             images, labels = _batch()
             return {"image": images[i], "mask": labels[i], "name": str(i)}
 
-    model = PNE(segmodel=_segmodel(), num_classes=4, samples_per_set=8, max_anchor_set=None)
+    model = PNE(segmodel=tiny_segmodel(seed=0), num_classes=4, samples_per_set=8, max_anchor_set=None)
     trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, torch.utils.data.DataLoader(Data(), batch_size=2))
@@ -520,13 +437,12 @@ def test_config_fast_dev_run(config, tmp_path):
     import json
 
     from segcentroids.cli import main
-    from tests.conftest import segmodel_args
+    from tests.conftest import segmodel_args, tiny_segmodel_args
 
     # the whole SegModel is replaced by a tiny one of the same arch (an `...encoder_weights=null` override reaches
     # SegModel as the string "None")
     arch = segmodel_args(config)["arch"]
-    tiny = {"arch": arch, "encoder_name": "resnet18", "encoder_weights": None, "decoder_channels": 32,
-            "encoder_kwargs": None}
+    tiny = tiny_segmodel_args(arch, encoder_kwargs=None)
     if arch in ("deeplabv3", "ocr"):
         tiny["output_stride"] = 32  # undilated: the paper's stride 8 makes resnet18 several times slower on CPU
     if arch == "ocr":
@@ -553,7 +469,7 @@ def test_ablation_tables_are_pne_overrides(table):
     assert len(set(names)) == len(names) and set(spec["paper"]) == set(names) and spec["baseline"] in names
     arguments = inspect.signature(PNE.__init__).parameters
     images, labels = _batch()
-    model = PNE(segmodel=_segmodel(), num_classes=4)
+    model = PNE(segmodel=tiny_segmodel(seed=0), num_classes=4)
     outputs, _ = model.training_outputs(images, labels)
     outputs = {key: value.detach() for key, value in outputs.items()}
     for row in spec["rows"]:

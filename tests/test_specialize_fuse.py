@@ -10,45 +10,14 @@ import torch
 
 from segcentroids.ops import fuse_level_map, fuse_pyramid, level_confusion, pyramid_targets, relabel_done_by_coarser
 from segcentroids.ops.resample import resize_bilinear
+from tests.references import loop_pyramid_targets
 
 IGN = 255  # ignore
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def grid(rows: list[str]) -> torch.Tensor:
     """A label map from whitespace-separated rows (`.` = ignore)."""
     return torch.tensor([[IGN if v == "." else int(v) for v in row.split()] for row in rows], dtype=torch.long)
-
-
-def loop_pyramid_targets(labels: torch.Tensor, strides: list[int], ignore: int = IGN):
-    """Per-cell loop reference of the pyramid ground truth rules (METHODS.md section 2)."""
-    semantic, unity = [], []
-    b, h, w = labels.shape
-    for s in strides:
-        sem = torch.full((b, h // s, w // s), ignore, dtype=torch.long)
-        uni = torch.full((b, h // s, w // s), ignore, dtype=torch.long)
-        for n in range(b):
-            for i in range(h // s):
-                for j in range(w // s):
-                    cell = labels[n, i * s : (i + 1) * s, j * s : (j + 1) * s].flatten().tolist()
-                    values = {v for v in cell if v != ignore}
-                    if len(values) == 1:
-                        sem[n, i, j] = next(iter(values))
-                    if len(values) > 1:
-                        uni[n, i, j] = 0  # several labels: mix, whatever the ignore pixels
-                    elif ignore not in cell:
-                        uni[n, i, j] = 1
-        semantic.append(sem)
-        unity.append(uni)
-    return semantic, unity
 
 
 # --------------------------------------------------------------------------------------------- pyramid targets
@@ -432,7 +401,8 @@ from segcentroids.methods.specialize_fuse import format_level_table, level_repor
 
 
 class TinySeg(nn.Module):
-    """A SegModel stand-in: one stride-4 conv."""
+    """A SegModel stand-in: one stride-4 conv (not tests.conftest.tiny_segmodel: the hand-computed losses and fusion
+    rules below want a model that is near-free and whose features are a single conv)."""
 
     out_channels, output_stride, aux_channels, encoder_channels = 8, 4, 8, [3, 8]
 
