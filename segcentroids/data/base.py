@@ -219,14 +219,18 @@ class SegDataset(Dataset):
         self.read(index, decode=False).raise_first()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = self.load(index)
-        if self.transform_mask:
-            out = self.transform(image=image, mask=label)
-            mask = out["mask"]
-        else:
-            out = self.transform(image=image)
-            mask = torch.from_numpy(label)
-        return {"image": out["image"], "mask": mask.long(), "name": self.pairs[index][0].stem}
+        image, mask = apply_transform(self.transform, self.transform_mask, *self.load(index))
+        return {"image": image, "mask": mask, "name": self.pairs[index][0].stem}
+
+
+def apply_transform(transform: Callable, transform_mask: bool, image: np.ndarray, label: np.ndarray
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image tensor, int64 mask tensor) of one item: the label goes through `transform` with the image when
+    `transform_mask` is set (training crops and flips), else it is kept at its size on disk."""
+    if transform_mask:
+        out = transform(image=image, mask=label)
+        return out["image"], out["mask"].long()
+    return transform(image=image)["image"], torch.from_numpy(label).long()
 
 
 class ImageFolderDataset(Dataset):

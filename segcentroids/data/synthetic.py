@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segcentroids.data.base import SegDataModule
+from segcentroids.data.base import SegDataModule, apply_transform
 from segcentroids.data.transforms import pair
 
 TEXTURES = ("hstripes", "vstripes", "checker", "speckle", "smooth", "dstripes")
@@ -251,13 +251,8 @@ class SyntheticDataset(Dataset):
         name = f"{self.split}_{index:05d}"
         if not self.with_mask:
             return {"image": self.transform(image=image)["image"], "name": name, "orig_size": torch.tensor(label.shape)}
-        if self.transform_mask:
-            out = self.transform(image=image, mask=label)
-            mask = out["mask"]
-        else:
-            out = self.transform(image=image)
-            mask = torch.from_numpy(label)
-        return {"image": out["image"], "mask": mask.long(), "name": name}
+        image, mask = apply_transform(self.transform, self.transform_mask, image, label)
+        return {"image": image, "mask": mask, "name": name}
 
 
 class SyntheticDataModule(SegDataModule):
