@@ -29,11 +29,11 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
-    """RGB uint8 image `[H, W, 3]` of a label map; ignore pixels are black."""
-    table = np.zeros((max(256, len(palette)), 3), dtype=np.uint8)
+    """RGB uint8 image `[H, W, 3]` of a label map; ignore pixels (255 or the large label sets' 65535) are black."""
+    table = np.zeros((max(256, len(palette)) + 1, 3), dtype=np.uint8)  # the last row: black, for ignore
     table[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    table[ignore_index] = 0
-    return table[labels.astype(np.int64)]
+    index = labels.astype(np.int64)
+    return table[np.where((index == ignore_index) | (index >= len(table) - 1), len(table) - 1, index)]
 
 
 def denormalize(image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD

@@ -1,6 +1,7 @@
 """DataModules (``SegDataModule`` and one per dataset), datasets and the albumentations pipelines."""
 
 from segcentroids.data.ade20k import ADE20KDataModule
+from segcentroids.data.ade20k_full import ADE20KFullDataModule
 from segcentroids.data.base import ImageFolderDataset, SegDataModule, SegDataset
 from segcentroids.data.camvid import CamVidDataModule
 from segcentroids.data.cityscapes import CityscapesDataModule
@@ -19,6 +20,7 @@ from segcentroids.data.transforms import (
 
 __all__ = [
     "ADE20KDataModule",
+    "ADE20KFullDataModule",
     "COCOStuff10kDataModule",
     "COCOStuff164kDataModule",
     "CityscapesDataModule",

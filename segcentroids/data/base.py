@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from segcentroids.data.labels import IGNORE_INDEX
+from segcentroids.data.labels import IGNORE_INDEX, LARGE_IGNORE_INDEX, ignore_index_for, label_dtype
 from segcentroids.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
 
 if TYPE_CHECKING:  # layouts builds on this module
@@ -190,8 +190,9 @@ class SegDataset(Dataset):
         ignore_index: int = IGNORE_INDEX,
         load_label: LabelLoader | None = None,
     ) -> None:
-        if not 0 < num_classes <= ignore_index <= 255:
-            raise ValueError(f"need 0 < num_classes <= ignore_index <= 255, got {num_classes} and {ignore_index}")
+        if not 0 < num_classes <= ignore_index <= LARGE_IGNORE_INDEX:
+            raise ValueError(f"need 0 < num_classes <= ignore_index <= {LARGE_IGNORE_INDEX}, got {num_classes} and "
+                             f"{ignore_index}")
         self.pairs = list(pairs)
         self.num_classes = num_classes
         self.transform = transform
@@ -208,10 +209,11 @@ class SegDataset(Dataset):
         return load_pair(image_path, label_path, self.read_labels, self.num_classes, self.ignore_index, decode)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The checked pair: uint8 RGB image ``[H, W, 3]`` and uint8 train-id label ``[H, W]``."""
+        """The checked pair: uint8 RGB image ``[H, W, 3]`` and train-id label ``[H, W]`` (uint8, or uint16 for the
+        large label sets' ignore 65535)."""
         pair = self.read(index)
         pair.raise_first()
-        return pair.image, pair.label.astype(np.uint8, copy=False)
+        return pair.image, pair.label.astype(label_dtype(self.ignore_index), copy=False)
 
     def verify(self, index: int) -> None:
         """`load`'s checks without decoding the image: the label is read and checked, the image file only
@@ -356,8 +358,8 @@ class SegDataModule(L.LightningDataModule):
 
     @property
     def ignore_index(self) -> int:
-        """Label value of ignored pixels."""
-        return IGNORE_INDEX
+        """Label value of ignored pixels: 255 up to 255 classes, 65535 above (``labels.ignore_index_for``)."""
+        return ignore_index_for(self.num_classes)
 
     def list_split(self, split: str) -> list[FilePair]:
         """The ``(image_path, label_path)`` pairs of ``split`` ("train", "val" or "test"), raising naming every
@@ -371,7 +373,8 @@ class SegDataModule(L.LightningDataModule):
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:
-        """Stored label values -> train ids (``0..K-1``, 255 ignore, anything else undefined); subclasses implement."""
+        """Stored label values -> train ids (``0..K-1``, ``ignore_index`` ignore, anything else undefined);
+        subclasses implement."""
         raise NotImplementedError("map_labels is implemented by each dataset's DataModule")
 
     def train_transform(self) -> A.Compose:

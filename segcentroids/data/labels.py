@@ -1,7 +1,12 @@
-"""Label lookup tables and palettes shared by the datasets' DataModules.
+"""Label lookup tables, the ignore values and palettes shared by the datasets' DataModules.
 
-A table has 256 entries indexed by the stored label value; entries are train ids ``0..K-1``, ``IGNORE_INDEX`` (255)
-for ignored pixels, or -1 for stored values the dataset does not define (reported as errors by the loaders and by
+The ignore value: 255 for label sets of at most 255 classes (uint8 label maps, the convention of every dataset with
+<= 255 classes), 65535 for larger ones (uint16 label maps, up to 65535 classes: ADE20K-Full's 847, COCO+LVIS's 1284).
+Either is at least K, so it is never a class id; ``ignore_index_for(K)`` chooses it, the DataModule reports it, the
+CLI links it into the model, and each dataset maps its own stored convention to it on load.
+
+A table is indexed by the stored label value (256 entries for 8-bit labels); entries are train ids ``0..K-1``, the
+ignore value, or -1 for stored values the dataset does not define (reported as errors by the loaders and by
 ``segcentroids.data.check``).
 """
 
@@ -11,15 +16,30 @@ from collections.abc import Iterable
 
 import numpy as np
 
-IGNORE_INDEX = 255  # the one ignore value of the package's uint8 label maps
+IGNORE_INDEX = 255  # the ignore value of label sets of at most 255 classes (uint8 label maps)
+LARGE_IGNORE_INDEX = 65535  # the ignore value of larger label sets (uint16 label maps)
 UNDEFINED = -1
 
 
-def table_from_ids(class_ids: Iterable[int], ignored: Iterable[int] = (IGNORE_INDEX,), size: int = 256) -> np.ndarray:
-    """Table mapping the i-th stored value of ``class_ids`` to train id i, ``ignored`` values to 255, others to -1."""
-    table = np.full(size, UNDEFINED, dtype=np.int16)
+def ignore_index_for(num_classes: int) -> int:
+    """The package's ignore value for K classes: 255 up to 255 classes, else 65535 (up to 65535 classes)."""
+    if not 0 < num_classes <= LARGE_IGNORE_INDEX:
+        raise ValueError(f"num_classes must be in 1..{LARGE_IGNORE_INDEX}, got {num_classes}")
+    return IGNORE_INDEX if num_classes <= IGNORE_INDEX else LARGE_IGNORE_INDEX
+
+
+def label_dtype(ignore_index: int) -> type[np.unsignedinteger]:
+    """The dtype of train-id label maps: uint8 with ignore 255, uint16 with ignore 65535."""
+    return np.uint8 if ignore_index <= IGNORE_INDEX else np.uint16
+
+
+def table_from_ids(class_ids: Iterable[int], ignored: Iterable[int] = (IGNORE_INDEX,), size: int = 256,
+                   ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Table mapping the i-th stored value of ``class_ids`` to train id i, ``ignored`` values to ``ignore_index``,
+    others to -1."""
+    table = np.full(size, UNDEFINED, dtype=np.int32)
     for value in ignored:
-        table[value] = IGNORE_INDEX
+        table[value] = ignore_index
     for train_id, value in enumerate(class_ids):
         table[value] = train_id
     return table

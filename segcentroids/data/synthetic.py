@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segcentroids.data.base import SegDataModule, apply_transform
+from segcentroids.data.labels import LARGE_IGNORE_INDEX, ignore_index_for, label_dtype
 from segcentroids.data.transforms import pair
 
 TEXTURES = ("hstripes", "vstripes", "checker", "speckle", "smooth", "dstripes")
@@ -32,6 +33,7 @@ SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 TEXTURE_AMPLITUDE = 40.0
 NOISE_SIGMA = 8.0
 COLOUR_JITTER = 10.0
+MAX_SYNTHETIC_CLASSES = LARGE_IGNORE_INDEX  # uint16 labels above 255 classes
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,9 @@ def scene_classes(num_classes: int) -> list[SceneClass]:
 
     Classes ``2m`` and ``2m + 1`` share mean colour ``m`` and have different textures.
     """
-    if not 2 <= num_classes <= 255:
-        raise ValueError(f"SyntheticDataModule needs 2 <= num_classes <= 255 (stuff and things), got {num_classes}")
+    if not 2 <= num_classes <= MAX_SYNTHETIC_CLASSES:
+        raise ValueError(f"SyntheticDataModule needs 2 <= num_classes <= {MAX_SYNTHETIC_CLASSES} (stuff and things), "
+                         f"got {num_classes}")
     num_stuff = num_classes // 2
     num_colours = (num_classes + 1) // 2
     colours = [
@@ -92,11 +95,13 @@ def scene_palette(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 class SceneGenerator:
-    """Generates ``(image uint8 [H,W,3], label uint8 [H,W], stuff map uint8 [H,W])`` from ``(split, index)``."""
+    """Generates ``(image uint8 [H,W,3], label [H,W], stuff map [H,W])`` from ``(split, index)``; labels are uint8
+    up to 255 classes, uint16 above (ignore 65535, never generated)."""
 
     def __init__(self, num_classes: int = 8, image_size: int | tuple[int, int] = (128, 128), seed: int = 0) -> None:
         self.classes = scene_classes(num_classes)
         self.num_stuff = num_classes // 2
+        self.label_dtype = label_dtype(ignore_index_for(num_classes))
         self.height, self.width = pair(image_size)
         self.seed = seed
         self.rows = np.arange(self.height, dtype=np.float32)[:, None]
@@ -145,6 +150,8 @@ class SceneGenerator:
                 distance = cv2.addWeighted(rows, -2 * y, cols, -2 * x, y * y + x * x)
                 region[distance < nearest] = cell
                 np.minimum(nearest, distance, out=nearest)
+        if self.label_dtype != np.uint8:  # more than 255 classes: ids as uint16
+            return chosen.astype(self.label_dtype)[region]
         table = np.zeros(256, dtype=np.uint8)
         table[: len(chosen)] = chosen
         return cv2.LUT(region, table)
@@ -206,7 +213,7 @@ class SceneGenerator:
         label = stuff.copy()
         self.place_things(rng, label, stuff)
         gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-15, 15)  # the image's illumination
-        colours = np.zeros((256, 1, 3), dtype=np.float32)
+        colours = np.zeros((max(256, len(self.classes)), 1, 3), dtype=np.float32)
         jitter = rng.normal(0, COLOUR_JITTER, self.colours.shape).astype(np.float32)
         colours[: len(self.classes), 0] = (self.colours + jitter) * gain + offset
         texture = np.zeros((self.height, self.width), dtype=np.float32)
@@ -214,7 +221,8 @@ class SceneGenerator:
             scene_class = self.classes[class_index]
             field = self.window(rng, self.texture_banks[(scene_class.texture, scene_class.period)])
             cv2.copyTo(field, (label == class_index).view(np.uint8), texture)
-        image = cv2.LUT(cv2.merge([label] * 3), colours)
+        # a LUT for uint8 labels (fast), the same lookup by indexing for uint16 ones
+        image = cv2.LUT(cv2.merge([label] * 3), colours) if label.dtype == np.uint8 else colours[label, 0]
         image = cv2.scaleAdd(cv2.merge([texture] * 3), TEXTURE_AMPLITUDE * gain, image)
         image = cv2.scaleAdd(self.window(rng, self.noise_bank), NOISE_SIGMA, cv2.GaussianBlur(image, (3, 3), 0))
         return np.clip(image, 0, 255).astype(np.uint8), label, stuff
