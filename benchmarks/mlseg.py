@@ -8,6 +8,13 @@ over the selected classes (the authors' formulation).
     python benchmarks/mlseg.py --size 256 --classes 150 --kappa 50 --repeats 5
 
 Prints a JSON object and a Markdown table. Targets (issue 7): params <= 1.08x, FLOPs <= 1.03x, inference <= 1.1x.
+
+The large label sets MLSeg is made for (issue 19): the Baseline (1x1 classifier over all K classes) against MLSeg
+(linear psi over the top kappa) on the same DeepLabV3, at K = 847 (ADE20K-Full) and 1284 (COCO+LVIS), kappa 100:
+training step, inference (logits at the label size) and the peak memory of the tensors each creates, in one process,
+ABAB medians. Target: MLSeg below the Baseline in time and memory.
+
+    python benchmarks/mlseg.py --large-k 847 1284 --size 512 --kappa 100 --batch 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import json
 from collections.abc import Callable
 
 import torch
+from cost import peak_memory_mib
 from timing import abab
-from workload import infer, train_step
+from workload import blocky_labels, infer, train_step
 
 from segcentroids.callbacks.run_recorder import inference_cost
+from segcentroids.data.labels import ignore_index_for
 from segcentroids.methods import Baseline, MLSeg, Segmenter
 from segcentroids.models import SegModel
 from segcentroids.ops import labels_to_ranks, select_top_labels
@@ -73,6 +82,55 @@ def reindex_timing(classes: int, kappa: int, size: int, batch: int, repeats: int
             "speedup": round(one_hot / table, 2)}
 
 
+def large_k(classes: int, kappa: int, size: int, batch: int, repeats: int, encoder: str) -> dict:
+    """Baseline vs MLSeg (linear psi, kappa) on DeepLabV3 `encoder` at K = `classes`: training step and inference
+    at the label size (median seconds, ABAB) and the peak memory of the tensors each creates (MiB)."""
+
+    def model(method: type[Baseline], **kwargs) -> Baseline:
+        torch.manual_seed(0)
+        segmodel = SegModel(arch="deeplabv3", encoder_name=encoder, encoder_weights=None, decoder_channels=256)
+        return method(segmodel=segmodel, num_classes=classes, ignore_index=ignore_index_for(classes), **kwargs)
+
+    baseline = model(Baseline)
+    mlseg = model(MLSeg, kappa=kappa, classifier="linear", rank_temperature="per_rank")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=generator)
+    labels = blocky_labels(batch, size, classes, generator, ignore_rows=0)
+    one = images[:1]
+
+    def evaluate(method: Baseline) -> None:
+        method.eval()
+        with torch.no_grad():
+            method.evaluation_outputs(one, labels[:1], "val")
+
+    train = abab(lambda: train_step(baseline, images, labels), lambda: train_step(mlseg, images, labels), repeats)
+    test = abab(lambda: evaluate(baseline), lambda: evaluate(mlseg), repeats)
+    memory = {name: (peak_memory_mib(lambda m=m: train_step(m, images, labels), "cpu"),
+                     peak_memory_mib(lambda m=m: evaluate(m), "cpu"))
+              for name, m in (("baseline", baseline), ("mlseg", mlseg))}
+    return {
+        "classes": classes, "kappa": kappa, "size": size, "train_batch": batch, "encoder": encoder,
+        "train_step_ms": [round(t * 1e3, 1) for t in train], "train_step_ratio": round(train[1] / train[0], 3),
+        "inference_ms": [round(t * 1e3, 1) for t in test], "inference_ratio": round(test[1] / test[0], 3),
+        "train_peak_MiB": [round(memory[n][0], 1) for n in ("baseline", "mlseg")],
+        "train_memory_ratio": round(memory["mlseg"][0] / memory["baseline"][0], 3),
+        "inference_peak_MiB": [round(memory[n][1], 1) for n in ("baseline", "mlseg")],
+        "inference_memory_ratio": round(memory["mlseg"][1] / memory["baseline"][1], 3),
+    }
+
+
+def print_large_k(records: list[dict]) -> None:
+    print(json.dumps({"large_k": records}, indent=2))
+    print("\n| K | kappa | train step ms base / MLSeg | ratio | inference ms base / MLSeg | ratio "
+          "| train peak MiB base / MLSeg | ratio | inference peak MiB base / MLSeg | ratio |")
+    print("| ---: | ---: | --- | ---: | --- | ---: | --- | ---: | --- | ---: |")
+    for r in records:
+        print(f"| {r['classes']} | {r['kappa']} | {r['train_step_ms'][0]} / {r['train_step_ms'][1]} | "
+              f"{r['train_step_ratio']} | {r['inference_ms'][0]} / {r['inference_ms'][1]} | {r['inference_ratio']} | "
+              f"{r['train_peak_MiB'][0]} / {r['train_peak_MiB'][1]} | {r['train_memory_ratio']} | "
+              f"{r['inference_peak_MiB'][0]} / {r['inference_peak_MiB'][1]} | {r['inference_memory_ratio']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="square input size")
@@ -82,9 +140,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vit", default="tu-vit_small_patch16_224", help="Segmenter encoder")
     parser.add_argument("--cnn", default="resnet18", help="DeepLabV3 encoder")
+    parser.add_argument("--large-k", type=int, nargs="+", help="only the large label set case, at these K")
     args = parser.parse_args()
     torch.set_num_threads(1)
     k, kappa = args.classes, args.kappa
+    if args.large_k:
+        print_large_k([large_k(classes, kappa, args.size, args.batch, args.repeats, args.cnn)
+                       for classes in args.large_k])
+        return
 
     def vit() -> SegModel:
         return SegModel(arch="identity", encoder_name=args.vit, encoder_weights=None)
