@@ -36,6 +36,8 @@ DEFAULT_RUN_DIR = "runs/default"
 DESCRIPTION = ("Train, evaluate and compare the segmentation methods (segcentroids <command> --help); each run's "
                "records live in its trainer.default_root_dir")
 CHECK_DATA_HELP = "Check a dataset's files and labels before training (segcentroids check-data --help)."
+CONVERT_COCO_LVIS_HELP = ("Build the COCO+LVIS labels (1284 classes) from COCO 2017 and LVIS v1 "
+                          "(segcentroids convert-coco-lvis --help).")
 LOGGER_NAME_DEFAULTS = {"name": ("lightning_logs", "default"), "version": (None,)}
 
 
@@ -175,9 +177,9 @@ class SegCLI(LightningCLI):
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
-        # `check-data` is dispatched by `main` before the parser; listed here so that `--help` shows it
-        parser._subcommands_action.add_subcommand("check-data", self.parser_class(description=CHECK_DATA_HELP),
-                                                  help=CHECK_DATA_HELP)
+        # `check-data` and `convert-coco-lvis` are dispatched by `main` before the parser; listed so `--help` shows them
+        for name, text in (("check-data", CHECK_DATA_HELP), ("convert-coco-lvis", CONVERT_COCO_LVIS_HELP)):
+            parser._subcommands_action.add_subcommand(name, self.parser_class(description=text), help=text)
 
     # ------------------------------------------------------------------------------------------- the run folder
     def _run_folder(self, config) -> Path:
@@ -295,6 +297,10 @@ def main(args: list[str] | None = None) -> None:
         from segcentroids.data.check import main as check_main
 
         raise SystemExit(check_main(argv[1:]))
+    if argv and argv[0] == "convert-coco-lvis":
+        from segcentroids.data.convert_coco_lvis import main as convert_main
+
+        raise SystemExit(convert_main(argv[1:]))
     torch.set_float32_matmul_precision("high")
     try:
         SegCLI(

@@ -12,8 +12,11 @@ import torch
 
 from segcentroids.callbacks.images import colorize
 from segcentroids.cli import main
-from segcentroids.data import ADE20KFullDataModule, SyntheticDataModule
+from segcentroids.data import ADE20KFullDataModule, COCOLVISDataModule, SyntheticDataModule
+from segcentroids.data.base import label_reader, load_pair
 from segcentroids.data.check import check_dataset
+from segcentroids.data.coco_lvis import stuff_to_coco_lvis
+from segcentroids.data.coco_stuff import COCO_STUFF_CLASS_NAMES, COCO_USED_IDS
 from segcentroids.data.labels import IGNORE_INDEX, LARGE_IGNORE_INDEX, ignore_index_for
 from segcentroids.methods import MCIBI, MVSC, PNE, Baseline, MLSeg, SpecializeFuse
 from segcentroids.metrics import SegmentationMetrics
@@ -141,3 +144,84 @@ def test_mlseg_at_k_1284_trains_evaluates_and_predicts_through_the_cli(tmp_path:
           f"--data.init_args.predict_dir={images}", f"--prediction_writer.output_dir={out}"])
     written = cv2.imread(str(out / "labels" / "a.png"), cv2.IMREAD_UNCHANGED)
     assert written.dtype == np.uint16 and written.shape == (20, 24) and written.max() < 1284
+
+
+# ------------------------------------------------------------------------------------------------------ COCO+LVIS
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as coco_mask
+
+    encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(encoded["size"]), "counts": encoded["counts"].decode("ascii")}
+
+
+def _box(shape: tuple[int, int], rows: slice, cols: slice) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[rows, cols] = True
+    return mask
+
+
+def coco_lvis_sources(root: Path, shape: tuple[int, int] = (8, 10)) -> tuple[Path, Path, np.ndarray]:
+    """COCO 2017 + LVIS v1 annotation files for one train image (two overlapping instances, three stuff regions)
+    and one image LVIS lists but COCO-Stuff does not; returns (coco root, lvis root, the expected stored label)."""
+    coco, lvis = root / "coco", root / "lvis"
+    (coco / "annotations").mkdir(parents=True)
+    lvis.mkdir()
+    for image_id in (1, 2):
+        (coco / "train2017").mkdir(exist_ok=True)
+        assert cv2.imwrite(str(coco / "train2017" / f"{image_id:012d}.jpg"), np.zeros((*shape, 3), np.uint8))
+    first, second = _box(shape, slice(0, 4), slice(0, 4)), _box(shape, slice(2, 6), slice(2, 6))
+    stuff = [(92, _box(shape, slice(4, 8), slice(0, 10))), (94, _box(shape, slice(0, 4), slice(6, 10))),
+             (183, _box(shape, slice(0, 4), slice(4, 6)))]
+    images = [{"id": i, "height": shape[0], "width": shape[1], "file_name": f"{i:012d}.jpg",
+               "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg"} for i in (1, 2)]
+    lvis_json = {"images": images, "categories": [{"id": 5, "name": "a"}, {"id": 7, "name": "b"}],
+                 "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "segmentation": _rle(first)},
+                                 {"id": 2, "image_id": 1, "category_id": 7, "segmentation": _rle(second)},
+                                 {"id": 3, "image_id": 2, "category_id": 5, "segmentation": _rle(first)}]}
+    stuff_json = {"images": images[:1], "categories": [{"id": c, "name": str(c)} for c, _ in stuff],
+                  "annotations": [{"id": 10 + i, "image_id": 1, "category_id": c, "segmentation": _rle(m)}
+                                  for i, (c, m) in enumerate(stuff)]}
+    (lvis / "lvis_v1_train.json").write_text(json.dumps(lvis_json))
+    (coco / "annotations" / "stuff_train2017.json").write_text(json.dumps(stuff_json))
+    # by hand: instance 5 where it is, 7 where 5 is not; then banner (92 -> LVIS 50) below, 94 -> the first new id
+    # 1204 top right, "other" (183) unlabelled, nothing else
+    expected = np.zeros(shape, dtype=np.uint16)
+    expected[4:8, :] = 50
+    expected[0:4, 6:10] = 1204
+    expected[2:6, 2:6] = 7
+    expected[0:4, 0:4] = 5
+    return coco, lvis, expected
+
+
+def test_convert_coco_lvis_and_load(tmp_path: Path) -> None:
+    coco, lvis, expected = coco_lvis_sources(tmp_path)
+    out = tmp_path / "coco_lvis"
+    with pytest.raises(SystemExit) as done:
+        main(["convert-coco-lvis", "--coco-root", str(coco), "--lvis-root", str(lvis), "--out", str(out),
+              "--splits", "train"])
+    assert done.value.code == 0
+    written = cv2.imread(str(out / "annotations" / "train" / "000000000001.png"), cv2.IMREAD_UNCHANGED)
+    assert written.dtype == np.uint16
+    np.testing.assert_array_equal(written, expected)
+    assert not (out / "annotations" / "train" / "000000000002.png").exists()  # not in COCO-Stuff: left out
+    data = COCOLVISDataModule(root=out, num_workers=0, check_files=True)
+    assert data.num_classes == 1284 and data.ignore_index == IGNORE
+    (pair,) = data.list_split("train")
+    loaded = load_pair(*pair, label_reader(data.map_labels), 1284, IGNORE).label
+    np.testing.assert_array_equal(loaded, np.where(expected == 0, IGNORE, expected.astype(np.int64) - 1))
+    with pytest.raises(SystemExit, match="not empty"):  # nothing is overwritten
+        main(["convert-coco-lvis", "--coco-root", str(coco), "--lvis-root", str(lvis), "--out", str(out),
+              "--splits", "train"])
+
+
+def test_coco_lvis_classes_and_stuff_mapping() -> None:
+    """The stuff classes LVIS has by name keep the LVIS id, the others follow 1203 in COCO id order (the names
+    file, built from LVIS v1 and COCO-Stuff, is the oracle of the merge)."""
+    names = COCOLVISDataModule.CLASS_NAMES
+    assert len(names) == 1284 and names[0] == "aerosol_can" and names[1202] == "zucchini"
+    mapping = stuff_to_coco_lvis()
+    assert mapping[183] == 0 and sorted(v for k, v in mapping.items() if v > 1203) == list(range(1204, 1285))
+    coco_names = dict(zip((i + 1 for i in COCO_USED_IDS), COCO_STUFF_CLASS_NAMES))
+    for stuff, stored in mapping.items():
+        if stuff != 183:
+            assert names[stored - 1] == coco_names[stuff], (stuff, stored)

@@ -5,6 +5,7 @@ from segcentroids.data.ade20k_full import ADE20KFullDataModule
 from segcentroids.data.base import ImageFolderDataset, SegDataModule, SegDataset
 from segcentroids.data.camvid import CamVidDataModule
 from segcentroids.data.cityscapes import CityscapesDataModule
+from segcentroids.data.coco_lvis import COCOLVISDataModule
 from segcentroids.data.coco_stuff import COCOStuff10kDataModule, COCOStuff164kDataModule
 from segcentroids.data.lip import LeftRightFlip, LIPDataModule
 from segcentroids.data.pascal_context import PascalContext59DataModule
@@ -24,6 +25,7 @@ __all__ = [
     "COCOStuff10kDataModule",
     "COCOStuff164kDataModule",
     "CityscapesDataModule",
+    "COCOLVISDataModule",
     "LIPDataModule",
     "LeftRightFlip",
     "PascalContext59DataModule",
