@@ -16,6 +16,7 @@ from segcentroids.data.transforms import (
     build_test_transform,
     build_train_transform,
 )
+from segcentroids.data.vspw import VSPWDataModule
 
 __all__ = [
     "ADE20KDataModule",
@@ -35,6 +36,7 @@ __all__ = [
     "SegDataset",
     "SyntheticDataModule",
     "SyntheticDataset",
+    "VSPWDataModule",
     "build_test_transform",
     "build_train_transform",
 ]
