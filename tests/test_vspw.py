@@ -280,3 +280,23 @@ def test_fit_and_test_report_video_consistency(method: str, tree: tuple[Path, di
 
 def test_tree_is_what_the_tests_expect() -> None:
     assert {split for split, _, _ in VSPW_VIDEOS} == {"train", "val"} and 124 in VSPW_STORED and 255 in VSPW_STORED
+
+
+VSPW_EXPERIMENTS = sorted((CONFIGS / "experiments").rglob("*vspw*.yaml"))
+
+
+@pytest.mark.parametrize("config", VSPW_EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_fast_dev_run_on_the_tiny_tree(config: Path, tree: tuple[Path, dict], tmp_path: Path) -> None:
+    """Each VSPW experiment trains a step and validates a batch of clips on the tiny tree (a tiny ViT, CPU)."""
+    from segcentroids.cli import main
+
+    root, _ = tree
+    segmodel = {"class_path": "segcentroids.models.SegModel",
+                "init_args": {"arch": "identity", "encoder_name": "tu-vit_tiny_patch16_224", "encoder_weights": None,
+                              "encoder_kwargs": {"depth": 2}}}
+    main(["fit", "--config", str(config), f"--data.init_args.root={root}", "--data.init_args.crop_size=[32,32]",
+          "--data.init_args.scale=null", "--data.init_args.num_workers=0", "--trainer.fast_dev_run=true",
+          "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
+          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+          f"--trainer.default_root_dir={tmp_path}", f"--model.init_args.segmodel={json.dumps(segmodel)}",
+          "--model.init_args.num_heads=3"])

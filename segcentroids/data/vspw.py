@@ -60,6 +60,7 @@ class VSPWDataModule(SegDataModule):
     CLASS_NAMES = VSPW_CLASSES
     PALETTE = generated_palette(125)[1:]
     SPLIT_LISTS = {"train": "train.txt", "val": "val.txt", "test": "test.txt"}
+    SPLIT_SIZES = {"train": 198244, "val": 24502}  # frames (2,806 and 343 videos)
 
     def __init__(
         self,
