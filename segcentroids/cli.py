@@ -283,6 +283,10 @@ class SegCLI(LightningCLI):
         if self._get(self.config_init, "trainer").get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(self._record, name="", version="", default_hp_metric=False)
         trainer = super().instantiate_trainer(**kwargs)
+        # metrics the data asks for (VSPW: video consistency), unless the config lists them already
+        for callback in getattr(self.datamodule, "evaluation_callbacks", list)():
+            if not any(type(other) is type(callback) for other in trainer.callbacks):
+                trainer.callbacks.append(callback)
         if self.subcommand == "fit":
             trainer.callbacks.append(SaveOnException(Path(self.config.fit.checkpoint.dirpath)))
             if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):

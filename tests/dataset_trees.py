@@ -157,3 +157,43 @@ def lip_tree(root: Path, shape: tuple[int, int] = (10, 8)) -> dict[tuple[str, st
             write_png(root / f"{split}_segmentations" / f"{name}.png", label)
             stored[(split, name)] = label
     return stored
+
+
+# VSPW videos of the tiny tree: (split, video, frames); "static" repeats one frame (the same-augmentation test)
+VSPW_VIDEOS = (("train", "1001_train_a", 3), ("train", "1002_static", 2), ("val", "2001_val_long", 17),
+               ("val", "2002_val_short", 3))
+VSPW_STORED = np.array([0, 1, 60, 124, 255, 7], dtype=np.uint8)  # class of the clip generator -> stored VSPW value
+
+
+def vspw_tree(root: Path, shape: tuple[int, int] = (16, 24)) -> dict[tuple[str, str], np.ndarray]:
+    """``VSPW_480p/data/<video>/{origin/*.jpg,mask/*.png}`` + ``train.txt``, ``val.txt``, ``test.txt``; masks hold
+    0 (others), 1..124 and 255 (void) on shapes moving across the frames (``synthetic_clip``). The test video has
+    frames only (the public release has no test masks). Keys are ``(split, "<video>/<frame>")``."""
+    from segcentroids.data.clips import synthetic_clip
+
+    base = root / "VSPW_480p"
+    stored = {}
+    lists: dict[str, list[str]] = {"train": [], "val": [], "test": ["3001_test"]}
+    for seed, (split, video, count) in enumerate(VSPW_VIDEOS):
+        lists[split].append(video)
+        frames, labels = synthetic_clip(count, shape, num_classes=len(VSPW_STORED), num_shapes=3, seed=seed)
+        if video.endswith("static"):
+            frames, labels = np.repeat(frames[:1], count, axis=0), np.repeat(labels[:1], count, axis=0)
+        for index in range(count):
+            name = f"{index:08d}"
+            label = VSPW_STORED[labels[index]]
+            label[0, 0] = 124  # every stored kind in every frame: 124 and, below, void
+            label[0, 1] = 255
+            assert cv2.imwrite(str(_mkdir(base / "data" / video / "origin") / f"{name}.jpg"),
+                               frames[index][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+            write_png(base / "data" / video / "mask" / f"{name}.png", label)
+            stored[(split, f"{video}/{name}")] = label
+    write_image(base / "data" / "3001_test" / "origin" / "00000000.jpg", shape, 0)
+    for split, videos in lists.items():
+        (base / f"{split}.txt").write_text("".join(f"{video}\n" for video in videos))
+    return stored
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

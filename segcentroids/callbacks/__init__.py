@@ -11,3 +11,4 @@ from .on_exception import SaveOnException as SaveOnException
 from .prediction_writer import SegPredictionWriter as SegPredictionWriter
 from .requeue import SlurmRequeue as SlurmRequeue
 from .run_recorder import RunRecorder as RunRecorder
+from .video_consistency import VideoConsistencyLogger as VideoConsistencyLogger

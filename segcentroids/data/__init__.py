@@ -18,6 +18,7 @@ from segcentroids.data.transforms import (
     build_test_transform,
     build_train_transform,
 )
+from segcentroids.data.vspw import VSPWDataModule
 
 __all__ = [
     "ADE20KDataModule",
@@ -39,6 +40,7 @@ __all__ = [
     "SegDataset",
     "SyntheticDataModule",
     "SyntheticDataset",
+    "VSPWDataModule",
     "build_test_transform",
     "build_train_transform",
 ]

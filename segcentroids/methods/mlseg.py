@@ -130,7 +130,7 @@ class MLSeg(Baseline):
         multi-label logits `[B, K]` (None without MT). `oracle_targets [B, K]` (multi-hot) keep only those classes."""
         scores = class_tokens = selected = None
         if self.multilabel_head is not None:
-            scores, class_tokens = self.multilabel_head(features)
+            scores, class_tokens = self.multilabel_outputs(features)
         if self.label_selection:
             ranking = scores.float()
             if oracle_targets is not None:  # ground-truth classes first, each group by predicted score
@@ -141,6 +141,11 @@ class MLSeg(Baseline):
             keep = oracle_targets if selected is None else oracle_targets.gather(1, selected)
             rank_logits = suppress_classes(rank_logits, keep > 0)
         return rank_logits, selected, scores
+
+    def multilabel_outputs(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """xi on the features: multi-label logits `[B, K]` and class tokens (hook: `MLSegVideo` shares them within
+        a clip)."""
+        return self.multilabel_head(features)
 
     def build_classifier(self) -> None:
         """None: the selected-label classifier psi (`selected_classifier`) replaces the plain classifier."""
@@ -174,7 +179,7 @@ class MLSeg(Baseline):
         """Multi-label logits `[B, K]` of xi (needs `multi_task`)."""
         if self.multilabel_head is None:
             raise ValueError("multilabel_scores needs multi_task=True")
-        return self.multilabel_head(self.segmodel(images)["decoder"])[0]
+        return self.multilabel_outputs(self.segmodel(images)["decoder"])[0]
 
     def method_losses(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         """`ce` over the selected labels (ground truth re-indexed to ranks, unselected classes ignored) and the
