@@ -245,6 +245,10 @@ def test_mlseg_video_evaluates_clip_by_clip() -> None:
     with torch.no_grad(), model.sharing_clips(torch.zeros(2, dtype=torch.long)):
         together, _ = model.evaluation_outputs(images[2:4], labels[2:4], "val")
     assert torch.allclose(together, logits[2:4], atol=1e-5)  # ... and equals the clip inferred alone
+    model.inference.window_batch_size = 1  # a clip of 2 frames cannot share one forward: said, not done per frame
+    model._eval_clips = torch.tensor([0, 0, 1, 1, 2])
+    with torch.no_grad(), pytest.raises(ValueError, match="window_batch_size >= 2"):
+        model.evaluation_outputs(images, labels, "val")
 
 
 # ------------------------------------------------------------------------------------------------ the command

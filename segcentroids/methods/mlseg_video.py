@@ -52,8 +52,9 @@ class MLSegVideo(MLSeg):
       asymmetric loss of each clip's scores against the union of its frames' classes (one row per clip); psi scores
       every frame over its clip's top-kappa classes; the oracle (`oracle_train`) keeps the clip's classes;
     - evaluation: each clip of the batch is inferred on its own with its frames sharing xi's pooled output, when
-      `inference.mode` is `whole` and a forward holds the whole clip (`inference.window_batch_size` >= its frames);
-      with sliding windows every window selects its own classes, as in `MLSeg`. The multi-label metrics score each
+      `inference.mode` is `whole` (a clip that one forward cannot hold, `inference.window_batch_size` < its frames,
+      or multi-scale / flip views, is an error naming the settings); with sliding windows every window selects its
+      own classes, as in `MLSeg`. The multi-label metrics score each
       frame's own classes against its clip's scores;
     - `forward` / predict: per image (no clips).
 
@@ -132,6 +133,16 @@ class MLSegVideo(MLSeg):
         finally:
             self._eval_clips = None
 
+    def _check_one_forward(self, frames: int) -> None:
+        """Clip-level selection in evaluation needs each clip in one plain forward; anything else would select per
+        frame without saying so."""
+        if self.inference.augmented or frames > self.inference.window_batch_size:
+            raise ValueError(f"MLSegVideo: clip_level_selection in evaluation runs a clip's {frames} frames in one "
+                             f"whole-image forward: needs inference.window_batch_size >= {frames} (got "
+                             f"{self.inference.window_batch_size}) and no multi-scale or flip (scales="
+                             f"{list(self.inference.scales)}, flip={self.inference.flip}); or set "
+                             f"clip_level_selection=false")
+
     def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
         """`MLSeg.evaluation_outputs` clip by clip, each clip's frames sharing xi's pooled output (whole-image
         inference)."""
@@ -142,6 +153,7 @@ class MLSegVideo(MLSeg):
         results = []
         for clip in torch.unique_consecutive(clips):
             frames = (clips == clip).nonzero().flatten()
+            self._check_one_forward(frames.numel())
             with self.sharing_clips(torch.zeros(frames.numel(), dtype=torch.long, device=images.device)):
                 results.append(super().evaluation_outputs(images[frames], labels[frames], split))
         logits = torch.cat([logits for logits, _ in results])
