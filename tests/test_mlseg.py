@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch import Tensor
 
 from segcentroids.callbacks.multilabel import FALSE_POSITIVE, TRUE_POSITIVE, top_label_histogram

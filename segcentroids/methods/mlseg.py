@@ -109,8 +109,8 @@ class MLSeg(Baseline):
         multilabel_channels = channels if multilabel_input == "decoder" else self.segmodel.encoder_channels[-1]
         embed_dim = embed_dim or channels
         self.multilabel_head = (
-            MultiLabelHead(multilabel_channels, self.num_classes, embed_dim, multilabel_head, pool_size, num_heads, mlp_ratio,
-                           class_tokens=classifier == "mask_transformer")
+            MultiLabelHead(multilabel_channels, self.num_classes, embed_dim, multilabel_head, pool_size, num_heads,
+                           mlp_ratio, class_tokens=classifier == "mask_transformer")
             if multi_task else None
         )
         self.selected_classifier = SelectedLabelClassifier(
