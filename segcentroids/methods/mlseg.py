@@ -142,8 +142,8 @@ class MLSeg(Baseline):
         xi reads `multilabel_features` (default: `features`, psi's input)."""
         scores = class_tokens = selected = None
         if self.multilabel_head is not None:
-            scores, class_tokens = self.multilabel_head(features if multilabel_features is None
-                                                        else multilabel_features)
+            scores, class_tokens = self.multilabel_outputs(features if multilabel_features is None
+                                                           else multilabel_features)
         if self.label_selection:
             ranking = scores.float()
             if oracle_targets is not None:  # ground-truth classes first, each group by predicted score
@@ -154,6 +154,11 @@ class MLSeg(Baseline):
             keep = oracle_targets if selected is None else oracle_targets.gather(1, selected)
             rank_logits = suppress_classes(rank_logits, keep > 0)
         return rank_logits, selected, scores
+
+    def multilabel_outputs(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """xi on the features: multi-label logits `[B, K]` and class tokens (hook: `MLSegVideo` shares them within
+        a clip)."""
+        return self.multilabel_head(features)
 
     def build_classifier(self) -> None:
         """None: the selected-label classifier psi (`selected_classifier`) replaces the plain classifier."""
@@ -186,8 +191,10 @@ class MLSeg(Baseline):
     def _head_outputs(self, features: dict, oracle_targets: Tensor | None) -> dict[str, Tensor]:
         """`head_outputs` with psi restricted to the classes of `oracle_targets [B, K]` (multi-hot; None: no
         oracle)."""
-        rank_logits, selected, scores = self.select_and_classify(features["decoder"], oracle_targets,
-                                                                 self._multilabel_features(features))
+        # xi's own input only when it is not psi's (a subclass overriding select_and_classify(features, oracle)
+        # keeps working with the default `decoder`)
+        extra = {} if self.multilabel_input == "decoder" else {"multilabel_features": features["encoder"][-1]}
+        rank_logits, selected, scores = self.select_and_classify(features["decoder"], oracle_targets, **extra)
         outputs = {"decoder": features["decoder"], "rank_logits": rank_logits,
                    "logits": self._class_logits(rank_logits, selected)}
         if selected is not None:
@@ -200,7 +207,7 @@ class MLSeg(Baseline):
         """Multi-label logits `[B, K]` of xi (needs `multi_task`)."""
         if self.multilabel_head is None:
             raise ValueError("multilabel_scores needs multi_task=True")
-        return self.multilabel_head(self._multilabel_features(self.segmodel(images)))[0]
+        return self.multilabel_outputs(self._multilabel_features(self.segmodel(images)))[0]
 
     def method_losses(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         """`ce` over the selected labels (ground truth re-indexed to ranks, unselected classes ignored) and the
