@@ -13,6 +13,10 @@ Three protocols, composable:
   listed in ``flip_pairs`` (LIP's left/right parts).
 
 With ``scales == [1.0]`` and ``flip`` off the raw logits are returned (no softmax).
+
+``infer(..., with_image_ids=True)`` calls ``logits_fn(inputs, image_ids)``: ``image_ids`` (int64 ``[n]``, on the
+images' device) holds, for each input row (whole image, slide window, scaled or flipped view), the index in
+``images`` of the image it comes from (MLSeg's oracle gathers each row's ground-truth classes with it).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LogitsFn = Callable[[Tensor], Tensor]
+"""``logits_fn(inputs) -> logits``; with ``with_image_ids``: ``logits_fn(inputs, image_ids) -> logits``."""
 
 
 @dataclass
@@ -93,16 +98,23 @@ def slide_windows(
     return [(top, left) for top in tops for left in lefts]
 
 
-def _batched(logits_fn: LogitsFn, images: Tensor, batch_size: int) -> Tensor:
-    """``logits_fn`` over ``images`` in chunks of ``batch_size``."""
-    return torch.cat([logits_fn(images[start : start + batch_size]) for start in range(0, images.shape[0], batch_size)])
+def _batched(logits_fn: LogitsFn, images: Tensor, batch_size: int, image_ids: Tensor | None = None) -> Tensor:
+    """``logits_fn`` over ``images`` in chunks of ``batch_size`` (with each chunk's ``image_ids`` when given)."""
+    if image_ids is None:
+        return torch.cat([logits_fn(images[start : start + batch_size])
+                          for start in range(0, images.shape[0], batch_size)])
+    return torch.cat([logits_fn(images[start : start + batch_size], image_ids[start : start + batch_size])
+                      for start in range(0, images.shape[0], batch_size)])
 
 
-def slide_logits(logits_fn: LogitsFn, images: Tensor, config: InferenceConfig) -> Tensor:
+def slide_logits(logits_fn: LogitsFn, images: Tensor, config: InferenceConfig,
+                 image_ids: Tensor | None = None) -> Tensor:
     """Logits ``[B, K, H, W]`` at the image size, averaged over overlapping windows run in batches.
 
     Windows of all images go through the model ``window_batch_size`` at a time; each batch's logits are resized to
     the window and added to the image canvas at once, so memory holds one batch of window logits, not all of them.
+    With ``image_ids [B]`` (the source image of each row of ``images``) ``logits_fn(windows, ids)`` receives the
+    source image of each window.
     """
     batch, _, height, width = images.shape
     crop_h, crop_w = config.crop_size
@@ -119,7 +131,10 @@ def slide_logits(logits_fn: LogitsFn, images: Tensor, config: InferenceConfig) -
     for start in range(0, len(jobs), config.window_batch_size):
         chunk = jobs[start : start + config.window_batch_size]
         crops = torch.stack([padded[i, :, t : t + crop_h, s : s + crop_w] for i, t, s in chunk])
-        logits = logits_fn(crops)
+        if image_ids is None:
+            logits = logits_fn(crops)
+        else:
+            logits = logits_fn(crops, image_ids[torch.tensor([i for i, _, _ in chunk], device=image_ids.device)])
         if tuple(logits.shape[-2:]) != (crop_h, crop_w):
             logits = F.interpolate(logits, size=(crop_h, crop_w), mode="bilinear", align_corners=False)
         if total is None:
@@ -142,18 +157,23 @@ def unflip_logits(logits: Tensor, flip_pairs: Sequence[tuple[int, int]]) -> Tens
     return logits
 
 
-def _view_logits(logits_fn: LogitsFn, images: Tensor, config: InferenceConfig) -> Tensor:
+def _view_logits(logits_fn: LogitsFn, images: Tensor, config: InferenceConfig,
+                 image_ids: Tensor | None = None) -> Tensor:
     """Logits under ``whole`` (at the model's output stride) or ``slide`` (at the input size of ``images``)."""
     if config.mode == "slide":
-        return slide_logits(logits_fn, images, config)
-    return _batched(logits_fn, images, config.window_batch_size)
+        return slide_logits(logits_fn, images, config, image_ids)
+    return _batched(logits_fn, images, config.window_batch_size, image_ids)
 
 
-def infer(logits_fn: LogitsFn, images: Tensor, out_size: tuple[int, int], config: InferenceConfig) -> Tensor:
-    """Logits ``[B, K, *out_size]`` for ``images`` under the test-time protocol ``config``."""
+def infer(logits_fn: LogitsFn, images: Tensor, out_size: tuple[int, int], config: InferenceConfig,
+          with_image_ids: bool = False) -> Tensor:
+    """Logits ``[B, K, *out_size]`` for ``images`` under the test-time protocol ``config``.
+
+    ``with_image_ids``: call ``logits_fn(inputs, image_ids)`` with the index in ``images`` of each input's image."""
     out_size = (int(out_size[0]), int(out_size[1]))
+    image_ids = torch.arange(images.shape[0], device=images.device) if with_image_ids else None
     if not config.augmented:
-        logits = _view_logits(logits_fn, images, config)
+        logits = _view_logits(logits_fn, images, config, image_ids)
         return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
     batch, _, height, width = images.shape
     probs = None
@@ -162,9 +182,11 @@ def infer(logits_fn: LogitsFn, images: Tensor, out_size: tuple[int, int], config
         view = images if size == (height, width) else F.interpolate(
             images, size=size, mode="bilinear", align_corners=False
         )
+        view_ids = image_ids
         if config.flip:  # the flipped copies ride in the same batches as the originals
             view = torch.cat([view, view.flip(-1)])
-        logits = F.interpolate(_view_logits(logits_fn, view, config), size=out_size, mode="bilinear",
+            view_ids = None if image_ids is None else torch.cat([image_ids, image_ids])
+        logits = F.interpolate(_view_logits(logits_fn, view, config, view_ids), size=out_size, mode="bilinear",
                                align_corners=False).float()
         if config.flip:
             logits = torch.cat([logits[:batch], unflip_logits(logits[batch:], config.flip_pairs)])

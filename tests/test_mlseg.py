@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from segcentroids.callbacks.multilabel import FALSE_POSITIVE, TRUE_POSITIVE, top_label_histogram
+from segcentroids.inference import InferenceConfig, infer
 from segcentroids.losses import AsymmetricLoss
 from segcentroids.methods import MLSeg, Segmenter
 from segcentroids.models import SegModel
@@ -161,7 +163,7 @@ def test_suppress_classes_removes_only_masked_channels():
 # ---------------------------------------------------------------------------------------- xi, psi, temperature
 @pytest.mark.parametrize("head", ["tran_enc", "tran_dec", "gap_linear"])
 @pytest.mark.parametrize("classifier", ["mask_transformer", "linear"])
-@pytest.mark.parametrize("temperature", ["layernorm", "per_rank", "shared"])
+@pytest.mark.parametrize("temperature", ["layernorm", "shared", "per_rank", "shared_scale"])
 def test_head_and_classifier_options_forward_backward(head, classifier, temperature):
     torch.manual_seed(0)
     features = torch.randn(3, 12, 5, 6, requires_grad=True)
@@ -185,18 +187,32 @@ def test_rank_temperatures_match_their_equations():
     with torch.no_grad():
         per_rank.inverse_temperature.copy_(torch.tensor([4.0, 2.0, 1.0]))  # tau = 1/4, 1/2, 1
     assert per_rank(scores)[0, :, 0, 0].tolist() == [4.0, -4.0, 0.5]
-    assert RankTemperature(3, "shared", temperature_init=0.5)(scores)[0, :, 0, 0].tolist() == [2.0, -4.0, 1.0]
+    assert RankTemperature(3, "shared_scale", temperature_init=0.5)(scores)[0, :, 0, 0].tolist() == [2.0, -4.0, 1.0]
     values = [1.0, -2.0, 0.5]
     mean = sum(values) / 3
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / 3 + 1e-5)
-    out = RankTemperature(3, "layernorm")(scores)[0, :, 0, 0]
-    assert out.tolist() == pytest.approx([(v - mean) / std for v in values], rel=1e-5)
+    standardised = [(v - mean) / std for v in values]
+    layernorm = RankTemperature(3, "layernorm")
+    assert layernorm(scores)[0, :, 0, 0].tolist() == pytest.approx(standardised, rel=1e-5)
+    with torch.no_grad():  # RA: a weight (1 / tau_k) and a bias per rank
+        layernorm.norm.weight.copy_(torch.tensor([3.0, 2.0, 0.5]))
+        layernorm.norm.bias.copy_(torch.tensor([0.1, 0.2, 0.3]))
+    assert layernorm(scores)[0, :, 0, 0].tolist() == pytest.approx(
+        [z * w + b for z, w, b in zip(standardised, [3.0, 2.0, 0.5], [0.1, 0.2, 0.3])], rel=1e-5)
+    # RA off (Table 1 "+ MT + LS"): the same standardisation, one weight and one bias for every rank
+    shared = RankTemperature(3, "shared")
+    assert [tuple(p.shape) for p in shared.parameters()] == [(1,), (1,)]
+    assert shared(scores)[0, :, 0, 0].tolist() == pytest.approx(standardised, rel=1e-5)
+    with torch.no_grad():
+        shared.norm.weight.fill_(3.0)
+        shared.norm.bias.fill_(-0.5)
+    assert shared(scores)[0, :, 0, 0].tolist() == pytest.approx([3.0 * z - 0.5 for z in standardised], rel=1e-5)
     with pytest.raises(ValueError, match="rank_temperature"):
         RankTemperature(3, "bogus")
 
 
 def test_linear_classifier_is_a_dot_product_with_selected_weights():
-    psi = SelectedLabelClassifier(4, 6, 2, "linear", "shared", dropout=0.0, temperature_init=1.0)
+    psi = SelectedLabelClassifier(4, 6, 2, "linear", "shared_scale", dropout=0.0, temperature_init=1.0)
     features = torch.randn(2, 4, 3, 3)
     selected = torch.tensor([[5, 1], [0, 2]])
     out = psi(features, selected)
@@ -294,7 +310,7 @@ def test_oracle_restricts_predictions_to_ground_truth(segmodel, label_selection)
 
 def test_oracle_eval_follows_the_batch_through_chunked_whole_image_inference(segmodel):
     """A batch of 4 evaluated 1 image at a time (window_batch_size=1) keeps each image's own ground-truth classes,
-    as one forward of each image alone does; flips (a second forward of each image) are refused."""
+    as one forward of each image alone does."""
     model = _mlseg(segmodel, oracle_eval=True, kappa=6, label_selection=False).eval()
     model.inference.window_batch_size = 1
     images = torch.randn(4, 3, 32, 32)
@@ -303,9 +319,60 @@ def test_oracle_eval_follows_the_batch_through_chunked_whole_image_inference(seg
         logits, _ = model.evaluation_outputs(images, labels, "val")
     for b, cls in enumerate((0, 2, 2, 5)):
         assert set(logits[b].argmax(0).unique().tolist()) == {cls}
-    model.inference.flip = True
-    with pytest.raises(ValueError, match="oracle_eval needs one whole-image forward of each image"):
-        model.evaluation_outputs(images, labels, "val")
+
+
+def test_infer_passes_the_source_image_of_every_input():
+    """Under slide windows, several scales and flips, `with_image_ids` gives each input row its image's index."""
+    seen: list[Tensor] = []
+
+    def logits_fn(inputs: Tensor, image_ids: Tensor) -> Tensor:
+        assert image_ids.shape == (inputs.shape[0],) and image_ids.dtype == torch.int64
+        seen.append(image_ids)
+        one_hot = F.one_hot(image_ids, 3).float() * 10  # class = source image
+        return one_hot[:, :, None, None].expand(-1, -1, *inputs.shape[-2:])
+
+    images = torch.randn(3, 3, 40, 40)
+    for config in (InferenceConfig(window_batch_size=2),
+                   InferenceConfig(mode="slide", crop_size=(24, 24), stride=(16, 16), window_batch_size=5),
+                   InferenceConfig(mode="slide", crop_size=(24, 24), stride=(16, 16), scales=[0.75, 1.0], flip=True,
+                                   window_batch_size=4),
+                   InferenceConfig(scales=[0.5, 1.25], flip=True, window_batch_size=4)):
+        seen.clear()
+        logits = infer(logits_fn, images, (40, 40), config, with_image_ids=True)
+        assert (logits.argmax(dim=1) == torch.arange(3)[:, None, None]).all(), config
+        assert len(seen) > 1 and torch.cat(seen).bincount().tolist() == [len(torch.cat(seen)) // 3] * 3
+
+
+@pytest.mark.parametrize("protocol", ["slide", "slide_ms_flip", "whole_ms_flip"])
+@pytest.mark.parametrize("label_selection", [True, False])
+def test_oracle_eval_works_under_every_inference_mode(segmodel, protocol, label_selection):
+    """Slide windows and scaled / flipped views of several images share forwards; each keeps its own image's
+    ground-truth classes: the batch gives what each image evaluated alone gives (an independent oracle), and
+    only the image's classes are predicted."""
+    model = _mlseg(segmodel, oracle_eval=True, kappa=4, label_selection=label_selection).eval()
+    slide = {"mode": "slide", "crop_size": (32, 32), "stride": (16, 16)}
+    model.inference = InferenceConfig(**{
+        "slide": {**slide, "window_batch_size": 3},
+        "slide_ms_flip": {**slide, "scales": [0.75, 1.0], "flip": True, "window_batch_size": 5},
+        "whole_ms_flip": {"scales": [0.75, 1.25], "flip": True, "window_batch_size": 3},
+    }[protocol])
+    torch.manual_seed(1)
+    images = torch.randn(3, 3, 48, 48)
+    labels = torch.full((3, 48, 48), 0)
+    labels[0, :24], labels[0, 24:] = 1, 3
+    labels[1] = 5
+    labels[2, :, :16], labels[2, :, 16:] = 2, 4
+    labels[2, :4] = IGNORE
+    classes = [{1, 3}, {5}, {2, 4}]
+    with torch.no_grad():
+        logits, extras = model.evaluation_outputs(images, labels, "val")
+        alone = torch.cat([model.evaluation_outputs(images[b : b + 1], labels[b : b + 1], "val")[0]
+                           for b in range(3)])
+    assert torch.allclose(logits, alone, atol=1e-4)
+    for b in range(3):
+        assert set(logits[b].argmax(0).unique().tolist()) <= classes[b]
+    assert extras["multilabel_logits"].shape == (3, 6)
+
 
 def _average_precision(scores: list[float], positives: list[bool]) -> float:
     """AP of one class: mean precision at the rank of each positive (scores sorted down; no ties)."""
@@ -348,6 +415,54 @@ def test_validation_reports_map_and_recall_at_kappa(segmodel, tmp_path):
     assert metrics["val/recall_at_kappa"] == pytest.approx(100 * hits / total, rel=1e-4)
     assert metrics["val/pixel_recall_at_kappa"] == pytest.approx(100 * kept / valid, rel=1e-4)
     assert metrics["val/multilabel_mAP"] == pytest.approx(100 * sum(aps) / 4, rel=1e-4)
+
+
+@pytest.mark.parametrize("head", ["tran_enc", "gap_linear"])
+def test_multilabel_head_reads_the_backbone_last_stage(head):
+    """DeepLabV3 + MLSeg as the authors' code: xi reads the encoder's deepest stage, psi the ASPP output."""
+    from tests.conftest import tiny_segmodel
+
+    segmodel = tiny_segmodel("deeplabv3", seed=0)
+    model = MLSeg(segmodel=segmodel, num_classes=6, kappa=3, classifier="linear", multilabel_head=head, num_heads=2,
+                  multilabel_input="encoder_last").eval()
+    first = model.multilabel_head.fc if head == "gap_linear" else model.multilabel_head.proj
+    assert first.in_features == segmodel.encoder_channels[-1] != segmodel.out_channels
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = segmodel(images)
+        outputs = model.head_outputs(features)
+        assert torch.equal(outputs["multilabel_logits"], model.multilabel_head(features["encoder"][-1])[0])
+        assert torch.equal(model.multilabel_scores(images), outputs["multilabel_logits"])
+        assert torch.equal(model(images), outputs["logits"])
+        rank_logits, selected, _ = model.select_and_classify(features["decoder"],
+                                                             multilabel_features=features["encoder"][-1])
+    assert torch.equal(selected, outputs["selected"]) and torch.equal(rank_logits, outputs["rank_logits"])
+    with pytest.raises(ValueError, match="multilabel_input"):
+        model.classify(features["decoder"])
+    with pytest.raises(ValueError, match="multilabel_input"):
+        MLSeg(segmodel=segmodel, num_classes=6, multilabel_input="aspp")
+    # default: xi reads the decoder output, as psi does
+    assert MLSeg(segmodel=segmodel, num_classes=6, classifier="linear", num_heads=2).multilabel_head.proj \
+        .in_features == segmodel.out_channels
+
+
+def test_vit_configs_use_the_authors_normalisation():
+    """Segmenter and MLSeg ViT configs normalise with mean = std = 0.5 (the authors' and the augreg ViTs'): the data
+    blocks leave mean / std at None and the CLI fills them from the encoder's timm config."""
+    import yaml
+
+    from segcentroids.models.pretrained import encoder_normalization
+    from tests.conftest import segmodel_args
+
+    configs = [c for c in sorted((ROOT / "configs" / "experiments" / "mlseg").glob("*.yaml"))
+               if segmodel_args(c)["encoder_name"].startswith("tu-vit")]
+    assert len(configs) >= 8
+    for config in configs:
+        data = yaml.safe_load(config.read_text())["data"]
+        data = yaml.safe_load((config.parent / data).read_text()) if isinstance(data, str) else data
+        for key in ("mean", "std"):
+            assert data["init_args"].get(key) in (None, [0.5, 0.5, 0.5]), (config.name, key)
+        assert encoder_normalization(segmodel_args(config)["encoder_name"]) == ((0.5,) * 3, (0.5,) * 3), config.name
 
 
 def test_parameter_groups(segmodel):

@@ -1,8 +1,9 @@
 """Every paper table of `configs/ablations/<paper>/` runs through the ablation runner (fit, then evaluate, then the
-table) at tiny settings: the tiny synthetic data, a ResNet-18 encoder without weights, one training step.
+table) at tiny settings: the tiny synthetic data, a small encoder of the row's family without weights, one step.
 
 The default suite runs each table's baseline row and its last row; `-m tables` (a separate CI step) runs every row.
-Each row keeps its architecture and method options; only the encoder is swapped for a small one of its family.
+Each row runs exactly as its table writes it apart from the size-only overrides of `SIZE_ONLY_OVERRIDES` (and the
+small encoder of `small_model`): its method, options and test-time protocol (whole / slide, scales, flip) are its own.
 """
 
 from __future__ import annotations
@@ -14,31 +15,70 @@ from pathlib import Path
 import pytest
 
 from segcentroids.ablate import load_ablation, main
-from tests.conftest import CONFIGS, REPO, TINY_RUN, segmodel_args
+from tests.conftest import CONFIGS, REPO, TINY_DATA, segmodel_args
 
 PAPER_TABLES = sorted(p for p in (CONFIGS / "ablations").rglob("*.yaml") if p.parent != CONFIGS / "ablations")
-TINY = [
-    *TINY_RUN,  # the runner gives each row its own run folder
-    # a paper config's slide windows, GPU strategy and pretrained encoder give way to the tiny CPU run
-    "--model.init_args.inference.mode=whole", "--trainer.strategy=auto", "--trainer.sync_batchnorm=false",
-    "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
-    "--model.init_args.segmodel.init_args.encoder_weights=null",
-]
 SEGMODEL = "--model.init_args.segmodel.init_args"
+SIZE_ONLY_OVERRIDES: dict[str, list[str]] = {
+    # the tiny synthetic scenes (8 classes, 64 x 64, batch 2); a config's crop and scales reset to them
+    "data": [f"--data={TINY_DATA}", "--data.init_args.crop_size=null", "--data.init_args.scale=null",
+             "--data.init_args.test_scale=null"],
+    # slide windows sized for the 64 x 64 images (a whole-image protocol ignores them; the mode, scales and flip
+    # stay the row's)
+    "crop": ["--model.init_args.inference.crop_size=[32,32]", "--model.init_args.inference.stride=[24,24]"],
+    # one training step, one validation batch
+    "steps": ["--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0"],
+    # one CPU process: a GPU config's DDP and synchronised BatchNorm become their one-device equivalents
+    "hardware": ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
+                 "--trainer.sync_batchnorm=false", "--trainer.enable_progress_bar=false",
+                 "--trainer.enable_model_summary=false"],
+    # no pretrained weights (no download); the encoder itself is shrunk by `small_model`
+    "encoder": [f"{SEGMODEL}.encoder_weights=null"],
+}
+"""The only arguments the tiny runs add to a row (besides the runner's run folder and `small_model`'s encoder): they
+change sizes, never what the row computes. A row may not override any key named here (`test_rows_keep_...`)."""
+TINY = [arg for group in SIZE_ONLY_OVERRIDES.values() for arg in group]
+VIT_DEPTH = 2
 
 
 def small_model(path: Path) -> list[str]:
-    """A small encoder of the base config's family: a 2-block ViT-Tiny for ViTs (MLSeg's 3 heads), MiT-B0 for
-    SegFormer's MiT, HRNet-W18-small for HRNets, ResNet-18 otherwise."""
-    encoder = segmodel_args(REPO / load_ablation(path).base[0])["encoder_name"]
+    """A small encoder of the base config's family (encoder size and depth only): a 2-block ViT-Tiny for ViTs (the
+    base's other encoder arguments kept), MiT-B0 for SegFormer's MiT, HRNet-W18-small for HRNets, ResNet-18
+    otherwise; 16 decoder channels where the base sets them."""
+    base = segmodel_args(REPO / load_ablation(path).base[0])
+    encoder = base["encoder_name"]
     if encoder.startswith("tu-vit"):
-        return [f"{SEGMODEL}.encoder_name=tu-vit_tiny_patch16_224", f"{SEGMODEL}.encoder_kwargs={{depth: 2}}",
-                "--model.init_args.num_heads=3"]
+        kwargs = {**(base.get("encoder_kwargs") or {}), "depth": VIT_DEPTH}
+        return [f"{SEGMODEL}.encoder_name=tu-vit_tiny_patch16_224",
+                f"{SEGMODEL}.encoder_kwargs={{{', '.join(f'{k}: {v}' for k, v in kwargs.items())}}}"]
     if encoder.startswith("tu-hrnet"):
         return [f"{SEGMODEL}.encoder_name=tu-hrnet_w18_small"]  # the base's decoder (HRNetV2 concat or conv)
     if encoder.startswith("mit_"):
         return [f"{SEGMODEL}.encoder_name=mit_b0", f"{SEGMODEL}.decoder_channels=16"]
     return [f"{SEGMODEL}.encoder_name=resnet18", f"{SEGMODEL}.decoder_channels=16"]
+
+
+def _key(arg: str) -> str:
+    return arg.split("=", 1)[0]
+
+
+@pytest.mark.parametrize("path", PAPER_TABLES, ids=lambda p: str(p.relative_to(CONFIGS / "ablations")))
+def test_the_tiny_run_changes_only_sizes(path: Path) -> None:
+    """The tiny run overrides no method, method option or test-time protocol of any row: only the data, the slide
+    window size, the steps, the device and the encoder's weights, size and depth."""
+    size_only = ("--data", "--trainer.", "--model.init_args.inference.crop_size", "--model.init_args.inference.stride",
+                 f"{SEGMODEL}.encoder_weights", f"{SEGMODEL}.encoder_name", f"{SEGMODEL}.encoder_kwargs",
+                 f"{SEGMODEL}.decoder_channels")
+    for arg in [*TINY, *small_model(path)]:
+        assert _key(arg).startswith(size_only), arg
+    trainer = {_key(arg) for arg in TINY if arg.startswith("--trainer.")}
+    assert trainer == {"--trainer.max_steps", "--trainer.limit_val_batches", "--trainer.num_sanity_val_steps",
+                       "--trainer.accelerator", "--trainer.devices", "--trainer.strategy", "--trainer.sync_batchnorm",
+                       "--trainer.enable_progress_bar", "--trainer.enable_model_summary"}
+    kwargs = next((arg for arg in small_model(path) if ".encoder_kwargs=" in arg), None)
+    if kwargs is not None:  # the base's encoder arguments kept, only the depth added
+        base = segmodel_args(REPO / load_ablation(path).base[0]).get("encoder_kwargs") or {}
+        assert all(f"{k}: {v}" in kwargs for k, v in base.items() if k != "depth") and "depth: " in kwargs
 
 
 def table_id(path: Path) -> str:
@@ -50,8 +90,7 @@ def run_table(path: Path, out: Path, rows: list[str] | None) -> None:
     ablation = load_ablation(path)
     # one seed per row whatever the table asks (the CamVid-sized tables run three)
     argv = [str(path), "--in-process", "--out", str(out), "--seeds", "0", *(["--rows", *rows] if rows else []),
-            "--", *TINY,
-            *small_model(path)]
+            "--", *TINY, *small_model(path)]
     assert main(argv) == 0, [(task.name, task.read_text()) for task in out.rglob("ablate.json")]
     selected = rows or [row.name for row in ablation.rows]
     with (out / "table.csv").open() as stream:

@@ -37,9 +37,10 @@ class MLSeg(Baseline):
     ignored) + `multilabel_weight * multilabel` (asymmetric loss on the image-level labels).
 
     Table 1 switches: `multi_task` (MT: the multi-label head and its loss), `label_selection` (LS: sort and keep
-    the top-kappa classes; off = all K classes in class order), `rank_temperature` (RA: `layernorm` or `per_rank`;
-    `shared` = RA off). Oracle options (Fig. 3): `oracle_train` / `oracle_eval` restrict the pixel classifier to the
-    classes present in the ground truth during training / validation and test.
+    the top-kappa classes; off = all K classes in class order), `rank_temperature` (RA: `layernorm`, RA off:
+    `shared`, the same standardisation with one weight and bias; or Eq. 3's `per_rank`, RA off: `shared_scale`).
+    Oracle options (Fig. 3): `oracle_train` / `oracle_eval` restrict the pixel classifier to the classes present in
+    the ground truth during training / validation and test (under every inference mode).
     """
 
     def __init__(
@@ -50,7 +51,8 @@ class MLSeg(Baseline):
         label_selection: bool = True,
         multilabel_head: Literal["tran_enc", "tran_dec", "gap_linear"] = "tran_enc",
         classifier: Literal["mask_transformer", "linear"] = "mask_transformer",
-        rank_temperature: Literal["layernorm", "per_rank", "shared"] = "layernorm",
+        rank_temperature: Literal["layernorm", "shared", "per_rank", "shared_scale"] = "layernorm",
+        multilabel_input: Literal["decoder", "encoder_last"] = "decoder",
         oracle_train: bool = False,
         oracle_eval: bool = False,
         embed_dim: int | None = None,
@@ -75,7 +77,11 @@ class MLSeg(Baseline):
             label_selection: LS, pixel classification over the top-kappa classes in rank order (needs MT).
             multilabel_head: xi, `tran_enc` | `tran_dec` | `gap_linear` (Table 6).
             classifier: psi, `mask_transformer` (Segmenter) | `linear` (DeepLabV3-style models).
-            rank_temperature: `layernorm` (authors' code) | `per_rank` (Eq. 3) | `shared` (one tau, RA off).
+            rank_temperature: `layernorm` (authors' code: per-pixel standardisation, per-rank weight and bias) |
+                `shared` (RA off: the same standardisation, one weight and bias for every rank) | `per_rank`
+                (Eq. 3: score / tau_k) | `shared_scale` (RA off of `per_rank`: score / tau, one tau).
+            multilabel_input: what xi reads: `decoder` (the SegModel's decoder output, also psi's input; Segmenter)
+                or `encoder_last` (the backbone's last stage, as the authors' DeepLabV3 code does).
             oracle_train, oracle_eval: restrict psi to the ground-truth classes in training / evaluation.
             embed_dim: token width of xi and the mask transformer (None: the SegModel's `out_channels`).
             num_layers, num_heads, mlp_ratio, decoder_dropout: psi's transformer blocks (mask_transformer); heads
@@ -96,11 +102,15 @@ class MLSeg(Baseline):
         self.label_selection = label_selection
         self.oracle_train = oracle_train
         self.oracle_eval = oracle_eval
+        if multilabel_input not in ("decoder", "encoder_last"):
+            raise ValueError(f"multilabel_input must be 'decoder' or 'encoder_last', got {multilabel_input!r}")
+        self.multilabel_input = multilabel_input
         channels = self.segmodel.out_channels
+        multilabel_channels = channels if multilabel_input == "decoder" else self.segmodel.encoder_channels[-1]
         embed_dim = embed_dim or channels
         self.multilabel_head = (
-            MultiLabelHead(channels, self.num_classes, embed_dim, multilabel_head, pool_size, num_heads, mlp_ratio,
-                           class_tokens=classifier == "mask_transformer")
+            MultiLabelHead(multilabel_channels, self.num_classes, embed_dim, multilabel_head, pool_size, num_heads,
+                           mlp_ratio, class_tokens=classifier == "mask_transformer")
             if multi_task else None
         )
         self.selected_classifier = SelectedLabelClassifier(
@@ -124,13 +134,16 @@ class MLSeg(Baseline):
         }) if multi_task else None
 
     # ----------------------------------------------------------------------------------------------- the model
-    def select_and_classify(self, features: Tensor, oracle_targets: Tensor | None = None
+    def select_and_classify(self, features: Tensor, oracle_targets: Tensor | None = None,
+                            multilabel_features: Tensor | None = None
                             ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Rank logits `[B, k, h, w]`, the selected classes `[B, k]` (None: all K in class order) and the
-        multi-label logits `[B, K]` (None without MT). `oracle_targets [B, K]` (multi-hot) keep only those classes."""
+        multi-label logits `[B, K]` (None without MT). `oracle_targets [B, K]` (multi-hot) keep only those classes.
+        xi reads `multilabel_features` (default: `features`, psi's input)."""
         scores = class_tokens = selected = None
         if self.multilabel_head is not None:
-            scores, class_tokens = self.multilabel_outputs(features)
+            scores, class_tokens = self.multilabel_outputs(features if multilabel_features is None
+                                                           else multilabel_features)
         if self.label_selection:
             ranking = scores.float()
             if oracle_targets is not None:  # ground-truth classes first, each group by predicted score
@@ -155,7 +168,10 @@ class MLSeg(Baseline):
         return rank_logits if selected is None else scatter_to_classes(rank_logits, selected, self.num_classes)
 
     def classify(self, features: Tensor) -> Tensor:
-        """K-channel logits; unselected classes sit far below every selected one."""
+        """K-channel logits; unselected classes sit far below every selected one (xi reading the decoder)."""
+        if self.multilabel_head is not None and self.multilabel_input != "decoder":
+            raise ValueError("MLSeg.classify(decoder) has no encoder features for xi (multilabel_input="
+                             f"{self.multilabel_input!r}): use head_outputs(segmodel(images))")
         rank_logits, selected, _ = self.select_and_classify(features)
         return self._class_logits(rank_logits, selected)
 
@@ -166,7 +182,19 @@ class MLSeg(Baseline):
         oracle = self.oracle_train if self.training else self.oracle_eval
         targets = multi_hot_labels(labels, self.num_classes, self.ignore_index) if oracle and labels is not None \
             else None
-        rank_logits, selected, scores = self.select_and_classify(features["decoder"], targets)
+        return self._head_outputs(features, targets)
+
+    def _multilabel_features(self, features: dict) -> Tensor:
+        """What xi reads: the decoder output or the backbone's last stage (`multilabel_input`)."""
+        return features["decoder"] if self.multilabel_input == "decoder" else features["encoder"][-1]
+
+    def _head_outputs(self, features: dict, oracle_targets: Tensor | None) -> dict[str, Tensor]:
+        """`head_outputs` with psi restricted to the classes of `oracle_targets [B, K]` (multi-hot; None: no
+        oracle)."""
+        # xi's own input only when it is not psi's (a subclass overriding select_and_classify(features, oracle)
+        # keeps working with the default `decoder`)
+        extra = {} if self.multilabel_input == "decoder" else {"multilabel_features": features["encoder"][-1]}
+        rank_logits, selected, scores = self.select_and_classify(features["decoder"], oracle_targets, **extra)
         outputs = {"decoder": features["decoder"], "rank_logits": rank_logits,
                    "logits": self._class_logits(rank_logits, selected)}
         if selected is not None:
@@ -179,7 +207,7 @@ class MLSeg(Baseline):
         """Multi-label logits `[B, K]` of xi (needs `multi_task`)."""
         if self.multilabel_head is None:
             raise ValueError("multilabel_scores needs multi_task=True")
-        return self.multilabel_outputs(self.segmodel(images)["decoder"])[0]
+        return self.multilabel_outputs(self._multilabel_features(self.segmodel(images)))[0]
 
     def method_losses(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         """`ce` over the selected labels (ground truth re-indexed to ranks, unselected classes ignored) and the
@@ -197,27 +225,19 @@ class MLSeg(Baseline):
     def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits under the test-time protocol and, with MT, the batch's `multilabel_logits`: those of the
         inference forward when it is one plain whole-image forward per image, else of one more forward. With
-        `oracle_eval` the whole-image forward of each chunk of `inference.window_batch_size` images keeps the
-        classes of those images' ground truth."""
-        if self.oracle_eval and self.inference.mode != "whole":  # windows of several images share a forward
-            raise ValueError(f"oracle_eval needs inference.mode='whole', got {self.inference.mode!r}")
+        `oracle_eval` every input of the protocol (whole image, slide window, scaled or flipped view) keeps the
+        classes of its own image's ground truth: `infer` tells which image each input row comes from."""
         scores: list[Tensor] = []
-        done = 0  # images already through the model: chunks come in order
+        targets = multi_hot_labels(labels, self.num_classes, self.ignore_index) if self.oracle_eval else None
 
-        def logits_of(chunk: Tensor) -> Tensor:
-            nonlocal done
-            if done + chunk.shape[0] > images.shape[0] and self.oracle_eval:
-                raise ValueError(f"oracle_eval needs one whole-image forward of each image: {done + chunk.shape[0]} "
-                                 f"inputs for {labels.shape[0]} label maps (inference.mode={self.inference.mode!r}, "
-                                 f"scales={list(self.inference.scales)}, flip={self.inference.flip})")
-            chunk_labels = labels[done : done + chunk.shape[0]]
-            done += chunk.shape[0]
-            outputs = self.head_outputs(self.segmodel(chunk), chunk_labels)
+        def logits_of(chunk: Tensor, image_ids: Tensor | None = None) -> Tensor:
+            oracle = None if targets is None else targets[image_ids]
+            outputs = self._head_outputs(self.segmodel(chunk), oracle)
             if "multilabel_logits" in outputs:
                 scores.append(outputs["multilabel_logits"])
             return outputs["logits"]
 
-        logits = infer(logits_of, images, tuple(labels.shape[-2:]), self.inference)
+        logits = infer(logits_of, images, tuple(labels.shape[-2:]), self.inference, with_image_ids=self.oracle_eval)
         if self.multilabel_head is None:
             return logits, {}
         one_forward = self.inference.mode == "whole" and not self.inference.augmented

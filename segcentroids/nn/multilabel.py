@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 MULTILABEL_HEADS = ("tran_enc", "tran_dec", "gap_linear")
 CLASSIFIERS = ("mask_transformer", "linear")
-RANK_TEMPERATURES = ("layernorm", "per_rank", "shared")
+RANK_TEMPERATURES = ("layernorm", "shared", "per_rank", "shared_scale")
+RankTemperatureMode = Literal["layernorm", "shared", "per_rank", "shared_scale"]
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -103,31 +104,50 @@ class MultiLabelHead(nn.Module):
 class RankTemperature(nn.Module):
     """Temperature over the kappa ranked scores of each pixel (Eq. 3), on `[B, k, h, w]` along dim 1.
 
-    - `layernorm` (authors' code): each pixel's k scores are standardised, then scaled by a per-rank weight
-      (1 / tau_k, init 1) and shifted by a per-rank bias (init 0).
-    - `per_rank` (Eq. 3): score_k / tau_k with a learnable tau per rank.
-    - `shared` (footnote 2, Table 1 without RA): one learnable tau for all ranks.
+    Two families, each with its rank-adaptive form (RA, Table 1) and its RA-off form (footnote 2: tau_1 = ... =
+    tau_kappa), so that switching RA off changes nothing else:
 
-    The per-rank and shared forms learn 1 / tau, initialised to `1 / temperature_init`.
+    - `layernorm` (authors' code, RA): each pixel's k scores are standardised (LayerNorm without affine, eps 1e-5),
+      then scaled by a per-rank weight (1 / tau_k, init 1) and shifted by a per-rank bias (init 0).
+    - `shared` (RA off for `layernorm`): the same standardisation, then ONE weight (1 / tau, init 1) and ONE bias
+      (init 0) for every rank.
+    - `per_rank` (Eq. 3 literally, RA): score_k / tau_k with a learnable tau per rank, no standardisation.
+    - `shared_scale` (RA off for `per_rank`): score_k / tau with one learnable tau (the old meaning of `shared`).
+
+    `per_rank` and `shared_scale` learn 1 / tau, initialised to `1 / temperature_init`.
     """
 
-    def __init__(self, num_ranks: int, mode: Literal["layernorm", "per_rank", "shared"] = "layernorm",
-                 temperature_init: float = 0.1) -> None:
+    def __init__(self, num_ranks: int, mode: RankTemperatureMode = "layernorm", temperature_init: float = 0.1) -> None:
         super().__init__()
         _check_choice("rank_temperature", mode, RANK_TEMPERATURES)
         if temperature_init <= 0:
             raise ValueError(f"temperature_init must be > 0, got {temperature_init}")
         self.mode = mode
-        if mode == "layernorm":
-            self.norm = nn.LayerNorm(num_ranks)
+        if mode in ("layernorm", "shared"):
+            # parameter names `norm.weight` / `norm.bias` in both: per rank [k] or shared [1]
+            self.norm = nn.LayerNorm(num_ranks) if mode == "layernorm" else _SharedAffineNorm(num_ranks)
         else:
             size = num_ranks if mode == "per_rank" else 1
             self.inverse_temperature = nn.Parameter(torch.full((size,), 1.0 / temperature_init))
 
     def forward(self, scores: Tensor) -> Tensor:
-        if self.mode == "layernorm":
+        if self.mode in ("layernorm", "shared"):
             return self.norm(scores.movedim(1, -1)).movedim(-1, 1)
         return scores * self.inverse_temperature[None, :, None, None]
+
+
+class _SharedAffineNorm(nn.Module):
+    """LayerNorm over the last dimension (size `num_ranks`) with one weight and one bias shared by every entry."""
+
+    def __init__(self, num_ranks: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_ranks = num_ranks
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, (self.num_ranks,), eps=self.eps) * self.weight + self.bias
 
 
 class MaskTransformer(nn.Module):
@@ -174,7 +194,7 @@ class SelectedLabelClassifier(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, num_ranks: int,
                  classifier: Literal["mask_transformer", "linear"] = "mask_transformer",
-                 rank_temperature: Literal["layernorm", "per_rank", "shared"] = "layernorm",
+                 rank_temperature: RankTemperatureMode = "layernorm",
                  embed_dim: int = 768, class_embed: bool = False, num_layers: int = 2, num_heads: int = 8,
                  mlp_ratio: float = 4.0, dropout: float = 0.1, temperature_init: float = 0.1) -> None:
         super().__init__()
