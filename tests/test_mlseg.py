@@ -316,9 +316,9 @@ def test_oracle_eval_follows_the_batch_through_chunked_whole_image_inference(seg
     images = torch.randn(4, 3, 32, 32)
     labels = torch.stack([torch.full((32, 32), c) for c in (0, 2, 2, 5)])
     with torch.no_grad():
-        logits, _ = model.evaluation_outputs(images, labels, "val")
+        preds, _ = model.evaluation_outputs(images, labels, "val")
     for b, cls in enumerate((0, 2, 2, 5)):
-        assert set(logits[b].argmax(0).unique().tolist()) == {cls}
+        assert set(preds[b].unique().tolist()) == {cls}
 
 
 def test_infer_passes_the_source_image_of_every_input():
@@ -365,12 +365,12 @@ def test_oracle_eval_works_under_every_inference_mode(segmodel, protocol, label_
     labels[2, :4] = IGNORE
     classes = [{1, 3}, {5}, {2, 4}]
     with torch.no_grad():
-        logits, extras = model.evaluation_outputs(images, labels, "val")
+        preds, extras = model.evaluation_outputs(images, labels, "val")
         alone = torch.cat([model.evaluation_outputs(images[b : b + 1], labels[b : b + 1], "val")[0]
                            for b in range(3)])
-    assert torch.allclose(logits, alone, atol=1e-4)
+    assert torch.equal(preds, alone)
     for b in range(3):
-        assert set(logits[b].argmax(0).unique().tolist()) <= classes[b]
+        assert set(preds[b].unique().tolist()) <= classes[b]
     assert extras["multilabel_logits"].shape == (3, 6)
 
 
@@ -548,3 +548,15 @@ def test_ablation_tables_are_overrides(table):
                 assert issubclass(getattr(importlib.import_module(module), name), Baseline)
             else:
                 assert key.startswith("--model.init_args.") and key.split(".")[2] in accepted, override
+
+
+@pytest.mark.parametrize("label_selection", [True, False])
+def test_whole_image_predictions_in_rank_space_equal_the_argmax_of_the_class_logits(segmodel, label_selection):
+    """With one whole-image forward the kappa rank maps are resized and mapped to classes; the oracle is the argmax
+    of the K-class logits of the same forward at the label size (what every other protocol averages)."""
+    model = _mlseg(segmodel, kappa=3, label_selection=label_selection, multi_task=True).eval()
+    images, labels = torch.randn(2, 3, 32, 32), torch.zeros(2, 40, 36, dtype=torch.long)
+    with torch.no_grad():
+        preds, _ = model.evaluation_outputs(images, labels, "val")
+        expected = model.infer(images, (40, 36)).argmax(1)
+    assert preds.shape == (2, 40, 36) and torch.equal(preds, expected)

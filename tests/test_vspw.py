@@ -232,19 +232,21 @@ def test_mlseg_video_evaluates_clip_by_clip() -> None:
     images, labels = torch.randn(5, 3, 64, 64), torch.zeros(5, 64, 64, dtype=torch.long)
     model._eval_clips = torch.tensor([0, 0, 1, 1, 2])
     with torch.no_grad():
-        logits, extras = model.evaluation_outputs(images, labels, "val")
+        preds, extras = model.evaluation_outputs(images, labels, "val")
         model._eval_clips = None
-        alone, _ = model.evaluation_outputs(images[2:4], labels[2:4], "val")
-    assert logits.shape == (5, 8, 64, 64) and extras["multilabel_logits"].shape == (5, 8)
+        _, alone = model.evaluation_outputs(images[2:4], labels[2:4], "val")
+    assert preds.shape == (5, 64, 64) and extras["multilabel_logits"].shape == (5, 8)
     scores = extras["multilabel_logits"]
     assert torch.allclose(scores[0], scores[1]) and not torch.allclose(scores[1], scores[2])
-    winners = logits.argmax(1)  # the selection (top 3) is shared: the frames of a clip predict the same classes
-    assert set(winners[0].unique().tolist()) | set(winners[1].unique().tolist()) <= \
-        set(scores[0].topk(3).indices.tolist())
-    assert not torch.allclose(alone, logits[2:4])  # a clip of 2 differs from the frames alone ...
+    # the selection (top 3) is shared: the frames of a clip predict the same classes
+    assert set(preds[0].unique().tolist()) | set(preds[1].unique().tolist()) <= set(scores[0].topk(3).indices.tolist())
+    # a clip of 2 differs from the frames alone ...
+    assert not torch.allclose(alone["multilabel_logits"], scores[2:4])
     with torch.no_grad(), model.sharing_clips(torch.zeros(2, dtype=torch.long)):
-        together, _ = model.evaluation_outputs(images[2:4], labels[2:4], "val")
-    assert torch.allclose(together, logits[2:4], atol=1e-5)  # ... and equals the clip inferred alone
+        together, together_extras = model.evaluation_outputs(images[2:4], labels[2:4], "val")
+    # ... and equals the clip inferred alone
+    assert torch.equal(together, preds[2:4])
+    assert torch.allclose(together_extras["multilabel_logits"], scores[2:4], atol=1e-5)
     model.inference.window_batch_size = 1  # a clip of 2 frames cannot share one forward: said, not done per frame
     model._eval_clips = torch.tensor([0, 0, 1, 1, 2])
     with torch.no_grad(), pytest.raises(ValueError, match="window_batch_size >= 2"):

@@ -96,8 +96,8 @@ class Baseline(L.LightningModule):
       input) and `logits`; `forward` and the training step both use it;
     - `method_losses(outputs, labels)`: the method's named, unweighted loss terms (default: `ce`);
     - `prepare_inputs(images, labels)`: the training batch before the SegModel (default: unchanged);
-    - `evaluation_outputs(images, labels, split)`: logits at the label size and named extras (returned by the
-      step, e.g. for callbacks), default: `infer` under the test-time protocol;
+    - `evaluation_outputs(images, labels, split)`: the predicted classes at the label size and named extras
+      (returned by the step, e.g. for callbacks), default: the argmax of `infer` under the test-time protocol;
     - `update_method_metrics(split, labels, outputs)` / `method_scores(split)`: the method's own evaluation
       metrics, which the base logs and writes beside its own;
     - `feature_channels`: the channels of `outputs["decoder"]` (what plug-in losses build on).
@@ -324,12 +324,13 @@ class Baseline(L.LightningModule):
         return infer(self, images, out_size, self.inference)
 
     def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits at the label size and the method's named extras for one evaluation batch of `split`."""
-        return self.infer(images, tuple(labels.shape[-2:])), {}
+        """The predicted classes `[B, H, W]` at the label size and the method's named extras for one evaluation
+        batch of `split` (default: the argmax of `infer`'s logits)."""
+        return self.infer(images, tuple(labels.shape[-2:])).argmax(dim=1), {}
 
     def update_method_metrics(self, split: str, labels: Tensor, outputs: dict[str, Tensor]) -> None:
-        """Hook: update the method's own metrics of `split` from one batch's step outputs (`logits` at the label
-        size, `preds` and the extras of `evaluation_outputs`)."""
+        """Hook: update the method's own metrics of `split` from one batch's step outputs (`preds` and the extras
+        of `evaluation_outputs`)."""
 
     def method_scores(self, split: str) -> MethodScores | None:
         """Hook: the method's own scores of `split` at the end of an evaluation epoch (then reset its metrics)."""
@@ -337,11 +338,10 @@ class Baseline(L.LightningModule):
 
     def _eval_step(self, batch: dict, split: str, metrics: SegmentationMetrics) -> dict:
         images, labels = batch["image"], batch["mask"]
-        logits, extras = self.evaluation_outputs(images, labels, split)
-        preds = logits.argmax(dim=1)
+        preds, extras = self.evaluation_outputs(images, labels, split)
         metrics.update(preds, labels)
         outputs = {"preds": preds, **extras}
-        self.update_method_metrics(split, labels, {"logits": logits, **outputs})
+        self.update_method_metrics(split, labels, outputs)
         return outputs
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:

@@ -223,26 +223,38 @@ class MLSeg(Baseline):
 
     # --------------------------------------------------------------------------------------------- evaluation
     def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits under the test-time protocol and, with MT, the batch's `multilabel_logits`: those of the
+        """Predictions under the test-time protocol and, with MT, the batch's `multilabel_logits`: those of the
         inference forward when it is one plain whole-image forward per image, else of one more forward. With
         `oracle_eval` every input of the protocol (whole image, slide window, scaled or flipped view) keeps the
-        classes of its own image's ground truth: `infer` tells which image each input row comes from."""
+        classes of its own image's ground truth: `infer` tells which image each input row comes from.
+
+        One plain whole-image forward with label selection resizes only the kappa rank maps to the label size and
+        maps each pixel's best rank to its class (the K-class logits at the label size are never made); any other
+        protocol averages K-class logits, whose argmax is the same class where both apply."""
         scores: list[Tensor] = []
+        selections: list[Tensor] = []
         targets = multi_hot_labels(labels, self.num_classes, self.ignore_index) if self.oracle_eval else None
+        one_forward = self.inference.mode == "whole" and not self.inference.augmented
+        in_ranks = one_forward and self.label_selection
 
         def logits_of(chunk: Tensor, image_ids: Tensor | None = None) -> Tensor:
             oracle = None if targets is None else targets[image_ids]
             outputs = self._head_outputs(self.segmodel(chunk), oracle)
             if "multilabel_logits" in outputs:
                 scores.append(outputs["multilabel_logits"])
+            if in_ranks:
+                selections.append(outputs["selected"])
+                return outputs["rank_logits"]
             return outputs["logits"]
 
         logits = infer(logits_of, images, tuple(labels.shape[-2:]), self.inference, with_image_ids=self.oracle_eval)
+        preds = logits.argmax(dim=1)
+        if in_ranks:  # best rank -> its class
+            preds = torch.cat(selections).gather(1, preds.flatten(1)).view_as(preds)
         if self.multilabel_head is None:
-            return logits, {}
-        one_forward = self.inference.mode == "whole" and not self.inference.augmented
+            return preds, {}
         multilabel = torch.cat(scores) if one_forward else self.multilabel_scores(images)
-        return logits, {"multilabel_logits": multilabel.float()}
+        return preds, {"multilabel_logits": multilabel.float()}
 
     def update_method_metrics(self, split: str, labels: Tensor, outputs: dict[str, Tensor]) -> None:
         """Multi-label mAP, recall of the ground-truth classes within the top-kappa (per class occurrence) and

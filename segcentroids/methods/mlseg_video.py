@@ -157,6 +157,6 @@ class MLSegVideo(MLSeg):
             self._check_one_forward(frames.numel())
             with self.sharing_clips(torch.zeros(frames.numel(), dtype=torch.long, device=images.device)):
                 results.append(super().evaluation_outputs(images[frames], labels[frames], split))
-        logits = torch.cat([logits for logits, _ in results])
+        preds = torch.cat([preds for preds, _ in results])
         extras = {name: torch.cat([extra[name] for _, extra in results]) for name in results[0][1]}
-        return logits, extras
+        return preds, extras

@@ -228,13 +228,13 @@ class SpecializeFuse(Baseline):
     def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
         """With `level_analysis` in test: also the level each pixel is taken from (`level`) and every level's
         prediction (`level_preds`); the first batch's level map goes to TensorBoard."""
-        logits, extras = super().evaluation_outputs(images, labels, split)
+        preds, extras = super().evaluation_outputs(images, labels, split)
         if not self._analyses_levels(split):
-            return logits, extras
-        level, preds = self.level_outputs(images, tuple(labels.shape[-2:]))
+            return preds, extras
+        level, level_preds = self.level_outputs(images, tuple(labels.shape[-2:]))
         if self._level_confusion is None:
-            self._log_level_map(images[0], labels[0], logits[0].argmax(0), level[0])
-        return logits, {**extras, "level": level, "level_preds": preds}
+            self._log_level_map(images[0], labels[0], preds[0], level[0])
+        return preds, {**extras, "level": level, "level_preds": level_preds}
 
     def update_method_metrics(self, split: str, labels: Tensor, outputs: dict[str, Tensor]) -> None:
         """Adds the batch to the per-level confusion matrices of Table 9."""
