@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from segcentroids.ablate import load_ablation
 from segcentroids.cli import main
 from segcentroids.methods import MLSeg, MultiLabelClassifier
 from segcentroids.methods.multilabel_classifier import load_selector
@@ -137,3 +138,29 @@ def test_classifier_configs_fast_dev_run(config: Path, tmp_path: Path) -> None:
 
 def test_the_configs_exist() -> None:
     assert len(CLASSIFIER_CONFIGS) == 6 and len(SELECTOR_CONFIGS) == 2
+
+
+SELECTOR_ROWS = [(path, row) for path in sorted((CONFIGS / "ablations" / "mlseg").glob("table[23]_*.yaml"))
+                 for row in ("Swin-L selector", "Indep. single-task")
+                 if row in [r.name for r in load_ablation(path).rows]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("path", "row"), SELECTOR_ROWS, ids=lambda v: v.stem if isinstance(v, Path) else v)
+def test_paper_table_selector_rows_run_with_a_tiny_selector(path: Path, row: str, selector_run: Path,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables 2-3's rows that need a trained selector, through the runner, with the tiny selector in place of the
+    runs/mlseg_selectors/ checkpoint the row names (tests/test_paper_tables.py runs their other rows)."""
+    import csv
+
+    from segcentroids.ablate import main as ablate
+    from tests.test_paper_tables import TINY, small_model
+
+    monkeypatch.chdir(CONFIGS.parent)
+    out = tmp_path / "out"
+    argv = [str(path), "--in-process", "--out", str(out), "--seeds", "0", "--rows", row, "--", *TINY,
+            *small_model(path), f"--model.init_args.selector_ckpt={selector_run / 'checkpoints' / 'last.ckpt'}"]
+    assert ablate(argv) == 0, [task.read_text() for task in out.rglob("ablate.json")]
+    with (out / "table.csv").open() as stream:
+        (line,) = list(csv.DictReader(stream))
+    assert line["row"] == row and float(line["val/mIoU"]) >= 0 and 0 <= float(line["val/multilabel_mAP"]) <= 100
