@@ -8,11 +8,16 @@ confusion-matrix state is what makes the numbers exact under DDP.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassJaccardIndex
+from torchmetrics.classification import (
+    MulticlassJaccardIndex,
+    MultilabelAveragePrecision,
+    MultilabelStatScores,
+)
 
 
 def segmentation_scores(confmat: Tensor) -> dict[str, Tensor]:
@@ -78,3 +83,35 @@ def format_table(scores: dict[str, Tensor], class_names: Sequence[str] | None = 
     lines.append(f"mIoU {fmt(float(scores['mIoU']))}  mAcc {fmt(float(scores['mAcc']))}  "
                  f"aAcc {fmt(float(scores['aAcc']))}")
     return "\n".join(lines)
+
+
+class MultilabelMAP(torch.nn.Module):
+    """Multi-label image classification mAP (%) over the classes present in the evaluated split: a class no image
+    holds has no defined AP and is left out. `update(logits [B, K], targets [B, K] multi-hot)`; `update_count` is
+    the number of updates since the last reset (0: nothing evaluated). MLSeg's xi, its frozen selector and
+    `MultiLabelClassifier` report it as `<split>/multilabel_mAP`."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.average_precision = MultilabelAveragePrecision(num_classes, average=None)
+        self.label_counts = MultilabelStatScores(num_classes, average=None)
+
+    @property
+    def update_count(self) -> int:
+        return self.label_counts.update_count
+
+    def update(self, logits: Tensor, targets: Tensor) -> None:
+        probabilities, targets = logits.float().sigmoid(), targets.long()
+        self.average_precision.update(probabilities, targets)
+        self.label_counts.update(probabilities, targets)
+
+    def compute(self) -> Tensor:
+        with warnings.catch_warnings():  # torchmetrics warns about classes absent from the split
+            warnings.simplefilter("ignore")
+            average_precision = self.average_precision.compute()
+        present = self.label_counts.compute()[:, 4] > 0  # support: images holding the class
+        return average_precision[present].mean() * 100
+
+    def reset(self) -> None:
+        self.average_precision.reset()
+        self.label_counts.reset()

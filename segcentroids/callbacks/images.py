@@ -69,7 +69,8 @@ class ValidationImageLogger(L.Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking or len(self._panels) >= self.num_images or not isinstance(outputs, dict):
+        if trainer.sanity_checking or len(self._panels) >= self.num_images or not isinstance(outputs, dict) \
+                or "preds" not in outputs:  # a model that makes no label maps (MultiLabelClassifier)
             return
         palette = palette_of(trainer, pl_module.num_classes)
         ignore = getattr(pl_module, "ignore_index", 255)

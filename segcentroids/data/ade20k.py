@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from segcentroids.data.base import SegDataModule, map_with_table
+from segcentroids.data.base import map_with_table
 from segcentroids.data.labels import generated_palette, reduce_zero_table
-from segcentroids.data.layouts import SplitScan, scan_folders
+from segcentroids.data.layouts import PairedFoldersDataModule
 
 ADE20K_TABLE = reduce_zero_table(150)
 
 
-class ADE20KDataModule(SegDataModule):
+class ADE20KDataModule(PairedFoldersDataModule):
     """ADE20K in mmsegmentation's layout ``ADEChallengeData2016/{images,annotations}/{training,validation}/``.
 
     ``root`` is the ``ADEChallengeData2016`` folder (or the folder holding it). Labels are PNGs with 0..150: 0 is
@@ -45,6 +45,7 @@ class ADE20KDataModule(SegDataModule):
     PALETTE = generated_palette(151)[1:]
     SPLIT_SIZES = {"train": 20210, "val": 2000, "test": 2000}
     SPLIT_FOLDERS = {"train": "training", "val": "validation", "test": "validation"}
+    DATASET_NAME, NESTED_DIR = "ADE20K", "ADEChallengeData2016"
 
     def __init__(
         self,
@@ -55,21 +56,6 @@ class ADE20KDataModule(SegDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(root=root, crop_size=crop_size, scale=scale, test_scale=test_scale, **kwargs)
-
-    @property
-    def dataset_dir(self) -> Path:
-        """The ``ADEChallengeData2016`` folder."""
-        nested = self.root / "ADEChallengeData2016"
-        return nested if nested.is_dir() else self.root
-
-    def scan_split(self, split: str) -> SplitScan:
-        """Pairs ``images/<folder>/ADE_*.jpg`` with ``annotations/<folder>/ADE_*.png``."""
-        if split not in self.SPLIT_FOLDERS:
-            raise ValueError(f"ADE20K split must be one of {sorted(self.SPLIT_FOLDERS)}, got {split!r}")
-        folder = self.SPLIT_FOLDERS[split]
-        base = self.dataset_dir
-        return scan_folders(base / "images" / folder, base / "annotations" / folder, (".jpg", ".jpeg"), (".png",))
-
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from segcentroids.data.ade20k_full import read_class_names
-from segcentroids.data.base import SegDataModule, map_with_table
-from segcentroids.data.labels import LARGE_IGNORE_INDEX, generated_palette, table_from_ids
-from segcentroids.data.layouts import SplitScan, scan_folders
+from segcentroids.data.base import map_with_table
+from segcentroids.data.labels import LARGE_IGNORE_INDEX, generated_palette, read_class_names, table_from_ids
+from segcentroids.data.layouts import PairedFoldersDataModule
 
 COCO_LVIS_CLASSES = 1284
 LVIS_CLASSES = 1203
@@ -35,7 +34,7 @@ COCO_LVIS_TABLE = table_from_ids(range(1, COCO_LVIS_CLASSES + 1), ignored=(0,), 
                                  ignore_index=LARGE_IGNORE_INDEX)
 
 
-class COCOLVISDataModule(SegDataModule):
+class COCOLVISDataModule(PairedFoldersDataModule):
     """COCO+LVIS (1284 classes) in the layout ``segcentroids convert-coco-lvis`` writes:
     ``images/{train,val}/<name>.jpg`` (links to the COCO 2017 images) and ``annotations/{train,val}/<name>.png``
     (uint16: 0 unlabelled, 1..1203 LVIS v1 category ids, 1204..1284 the COCO-Stuff stuff classes LVIS lacks).
@@ -48,6 +47,7 @@ class COCOLVISDataModule(SegDataModule):
     CLASS_NAMES = read_class_names("coco_lvis.txt")
     PALETTE = generated_palette(COCO_LVIS_CLASSES + 1)[1:]
     SPLIT_FOLDERS = {"train": "train", "val": "val", "test": "val"}
+    DATASET_NAME = "COCO+LVIS"
 
     def __init__(
         self,
@@ -58,14 +58,6 @@ class COCOLVISDataModule(SegDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(root=root, crop_size=crop_size, scale=scale, test_scale=test_scale, **kwargs)
-
-    def scan_split(self, split: str) -> SplitScan:
-        """Pairs ``images/<split>/*.jpg`` with ``annotations/<split>/*.png``."""
-        if split not in self.SPLIT_FOLDERS:
-            raise ValueError(f"COCO+LVIS split must be one of {sorted(self.SPLIT_FOLDERS)}, got {split!r}")
-        folder = self.SPLIT_FOLDERS[split]
-        return scan_folders(self.root / "images" / folder, self.root / "annotations" / folder, (".jpg", ".jpeg"),
-                            (".png",))
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

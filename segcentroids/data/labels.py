@@ -13,6 +13,7 @@ ignore value, or -1 for stored values the dataset does not define (reported as e
 from __future__ import annotations
 
 from collections.abc import Iterable
+from importlib import resources
 
 import numpy as np
 
@@ -63,3 +64,10 @@ def generated_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
             value >>= 3
         colours.append((red, green, blue))
     return tuple(colours)
+
+
+def read_class_names(file_name: str) -> tuple[str, ...]:
+    """Class names, one per line in train-id order, from ``segcentroids/data/class_names/<file_name>`` (lines
+    starting with ``#`` are comments)."""
+    text = resources.files("segcentroids.data").joinpath("class_names", file_name).read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line and not line.startswith("#"))

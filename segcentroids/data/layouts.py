@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segcentroids.data.base import FilePair, short_list
+from segcentroids.data.base import FilePair, SegDataModule, short_list
 
 
 @dataclass
@@ -125,3 +125,30 @@ def scan_list(
         else:
             scan.pairs.append((image, label))
     return scan
+
+
+class PairedFoldersDataModule(SegDataModule):
+    """A dataset whose splits are an image folder and a label folder paired by name:
+    ``<dataset_dir>/<IMAGE_DIR>/<folder>/`` and ``<dataset_dir>/<LABEL_DIR>/<folder>/``, ``folder`` from
+    ``SPLIT_FOLDERS``. ``dataset_dir`` is ``root/<NESTED_DIR>`` when that folder exists, else ``root``."""
+
+    DATASET_NAME = "dataset"
+    NESTED_DIR: str | None = None
+    IMAGE_DIR, LABEL_DIR = "images", "annotations"
+    IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
+    LABEL_SUFFIXES: tuple[str, ...] = (".png",)
+    SPLIT_FOLDERS: dict[str, str] = {}
+
+    @property
+    def dataset_dir(self) -> Path:
+        """The folder holding the image and label folders."""
+        nested = self.root / self.NESTED_DIR if self.NESTED_DIR else None
+        return nested if nested is not None and nested.is_dir() else self.root
+
+    def scan_split(self, split: str) -> SplitScan:
+        """Pairs ``<IMAGE_DIR>/<folder>/<name><image suffix>`` with ``<LABEL_DIR>/<folder>/<name><label suffix>``."""
+        if split not in self.SPLIT_FOLDERS:
+            raise ValueError(f"{self.DATASET_NAME} split must be one of {sorted(self.SPLIT_FOLDERS)}, got {split!r}")
+        folder, base = self.SPLIT_FOLDERS[split], self.dataset_dir
+        return scan_folders(base / self.IMAGE_DIR / folder, base / self.LABEL_DIR / folder, self.IMAGE_SUFFIXES,
+                            self.LABEL_SUFFIXES)

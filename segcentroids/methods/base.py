@@ -96,6 +96,7 @@ class Baseline(L.LightningModule):
       input) and `logits`; `forward` and the training step both use it;
     - `method_losses(outputs, labels)`: the method's named, unweighted loss terms (default: `ce`);
     - `prepare_inputs(images, labels)`: the training batch before the SegModel (default: unchanged);
+    - `extract_features(images)`: the features dict `head_outputs` reads (default: the SegModel's);
     - `evaluation_outputs(images, labels, split)`: the predicted classes at the label size and named extras
       (returned by the step, e.g. for callbacks), default: the argmax of `infer` under the test-time protocol;
     - `update_method_metrics(split, labels, outputs)` / `method_scores(split)`: the method's own evaluation
@@ -205,9 +206,14 @@ class Baseline(L.LightningModule):
         """The training batch as the SegModel and the losses see it (default: unchanged)."""
         return images, labels
 
+    def extract_features(self, images: Tensor) -> dict[str, Tensor | list[Tensor]]:
+        """The features `head_outputs` reads: the SegModel's (default); a method adds what it computes from the
+        images themselves (MLSeg's frozen selector scores)."""
+        return self.segmodel(images)
+
     def forward(self, images: Tensor) -> Tensor:
         """Inference graph: logits `[B, K, H / stride, W / stride]`."""
-        return self.head_outputs(self.segmodel(images))["logits"]
+        return self.head_outputs(self.extract_features(images))["logits"]
 
     def seg_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy (float32) on logits upsampled bilinearly to the label size; ignore pixels left out."""
@@ -221,7 +227,7 @@ class Baseline(L.LightningModule):
         """One training forward: named outputs (`decoder`, `encoder_last`, `logits` and the method's) and every
         named, unweighted loss term (the method's, the auxiliary ones and the plug-in losses')."""
         images, labels = self.prepare_inputs(images, labels)
-        features = self.segmodel(images)
+        features = self.extract_features(images)
         outputs = {"encoder_last": features["encoder"][-1], **self.head_outputs(features, labels)}
         losses = {**self.method_losses(outputs, labels), **self.auxiliary_losses(features, labels)}
         for extra in self.extra_losses:

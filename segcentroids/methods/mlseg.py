@@ -20,6 +20,7 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelSt
 from segcentroids.inference import infer
 from segcentroids.losses.asymmetric import AsymmetricLoss
 from segcentroids.methods.base import Baseline, MethodScores, ParamGroupRule
+from segcentroids.methods.multilabel_classifier import load_selector
 from segcentroids.nn.multilabel import MultiLabelHead, SelectedLabelClassifier
 from segcentroids.ops.selection import (
     labels_to_ranks,
@@ -66,6 +67,7 @@ class MLSeg(Baseline):
         clip: float = 0.05,
         temperature_init: float = 0.1,
         multilabel_decay_mult: float = 100.0,
+        selector_ckpt: str | None = None,
         **kwargs,
     ) -> None:
         """
@@ -90,14 +92,23 @@ class MLSeg(Baseline):
             gamma_neg, gamma_pos, clip: the asymmetric loss (authors' ADE20K config: 2, 0, 0.05).
             temperature_init: initial tau of the `per_rank` / `shared` temperatures.
             multilabel_decay_mult: weight-decay multiplier on xi's parameters (authors: 100).
+            selector_ckpt: independent single-task scheme (Tables 2-3): a `MultiLabelClassifier` checkpoint whose
+                frozen scores on the same images replace xi's for the selection (Eq. 2) in training and
+                evaluation; needs `multi_task=False` (no xi, no multi-label loss). Held as `selector` (frozen,
+                eval mode, in no optimiser group; its weights are saved in this model's checkpoints, and the file
+                is read again whenever the model is built).
         """
         super().__init__(**kwargs)
         if kappa < 1:
             raise ValueError(f"kappa must be >= 1, got {kappa}")
         if multilabel_weight < 0:
             raise ValueError(f"multilabel_weight must be >= 0, got {multilabel_weight}")
-        if label_selection and not multi_task:
-            raise ValueError("label_selection=True ranks classes by the multi-label scores: it needs multi_task=True")
+        if selector_ckpt is not None and multi_task:
+            raise ValueError("selector_ckpt: the frozen classifier replaces the multi-label head xi (independent "
+                             "scheme): set multi_task=False")
+        if label_selection and not multi_task and selector_ckpt is None:
+            raise ValueError("label_selection=True ranks classes by the multi-label scores: it needs multi_task=True "
+                             "or a selector_ckpt")
         self.kappa = min(kappa, self.num_classes)
         self.label_selection = label_selection
         self.oracle_train = oracle_train
@@ -124,6 +135,8 @@ class MLSeg(Baseline):
             ParamGroupRule("multilabel_head", decay_mult=multilabel_decay_mult),
             ParamGroupRule("selected_classifier.temperature", decay_mult=0.0),
         ]
+        # independent scheme: the frozen classifier's scores select the classes (multilabel_decay_mult is unused)
+        self.selector = load_selector(selector_ckpt, self.num_classes) if selector_ckpt is not None else None
         self.multilabel_metrics = nn.ModuleDict({
             split: nn.ModuleDict({
                 "average_precision": MultilabelAveragePrecision(self.num_classes, average=None),
@@ -131,20 +144,24 @@ class MLSeg(Baseline):
                 "recall_at_kappa": MeanMetric(),
                 "pixel_recall_at_kappa": MeanMetric(),
             }) for split in ("val", "test")
-        }) if multi_task else None
+        }) if multi_task or self.selector is not None else None
 
     # ----------------------------------------------------------------------------------------------- the model
     def select_and_classify(self, features: Tensor, oracle_targets: Tensor | None = None,
-                            multilabel_features: Tensor | None = None
+                            multilabel_features: Tensor | None = None, selector_scores: Tensor | None = None
                             ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Rank logits `[B, k, h, w]`, the selected classes `[B, k]` (None: all K in class order) and the
         multi-label logits `[B, K]` (None without MT). `oracle_targets [B, K]` (multi-hot) keep only those classes.
-        xi reads `multilabel_features` (default: `features`, psi's input)."""
-        scores = class_tokens = selected = None
+        xi reads `multilabel_features` (default: `features`, psi's input). `selector_scores [B, K]`: the frozen
+        selector's logits (independent scheme), used in place of xi's."""
+        scores, class_tokens, selected = selector_scores, None, None
         if self.multilabel_head is not None:
             scores, class_tokens = self.multilabel_outputs(features if multilabel_features is None
                                                            else multilabel_features)
         if self.label_selection:
+            if scores is None:  # a selector without its scores (the images) given
+                raise ValueError("MLSeg with selector_ckpt selects by the selector's scores of the images: call "
+                                 "head_outputs(extract_features(images)) (or forward), not classify(features)")
             ranking = scores.float()
             if oracle_targets is not None:  # ground-truth classes first, each group by predicted score
                 ranking = oracle_targets + ranking.sigmoid()
@@ -159,6 +176,13 @@ class MLSeg(Baseline):
         """xi on the features: multi-label logits `[B, K]` and class tokens (hook: `MLSegVideo` shares them within
         a clip)."""
         return self.multilabel_head(features)
+
+    def extract_features(self, images: Tensor) -> dict:
+        """The SegModel's features and, with a selector, its logits on the same images (`selector_logits`)."""
+        features = super().extract_features(images)
+        if self.selector is not None:
+            features = {**features, "selector_logits": self.selector(images)}
+        return features
 
     def build_classifier(self) -> None:
         """None: the selected-label classifier psi (`selected_classifier`) replaces the plain classifier."""
@@ -194,7 +218,9 @@ class MLSeg(Baseline):
         # xi's own input only when it is not psi's (a subclass overriding select_and_classify(features, oracle)
         # keeps working with the default `decoder`)
         extra = {} if self.multilabel_input == "decoder" else {"multilabel_features": features["encoder"][-1]}
-        rank_logits, selected, scores = self.select_and_classify(features["decoder"], oracle_targets, **extra)
+        rank_logits, selected, scores = self.select_and_classify(features["decoder"], oracle_targets,
+                                                                 selector_scores=features.get("selector_logits"),
+                                                                 **extra)
         outputs = {"decoder": features["decoder"], "rank_logits": rank_logits,
                    "logits": self._class_logits(rank_logits, selected)}
         if selected is not None:
@@ -204,7 +230,9 @@ class MLSeg(Baseline):
         return outputs
 
     def multilabel_scores(self, images: Tensor) -> Tensor:
-        """Multi-label logits `[B, K]` of xi (needs `multi_task`)."""
+        """Multi-label logits `[B, K]` of xi (needs `multi_task`), or of the frozen selector."""
+        if self.selector is not None:
+            return self.selector(images)
         if self.multilabel_head is None:
             raise ValueError("multilabel_scores needs multi_task=True")
         return self.multilabel_outputs(self._multilabel_features(self.segmodel(images)))[0]
@@ -216,7 +244,7 @@ class MLSeg(Baseline):
         rank_labels = labels if selected is None else labels_to_ranks(labels, selected, self.num_classes,
                                                                        self.ignore_index)
         losses = {"ce": self.seg_loss(outputs["rank_logits"], rank_labels)}
-        if "multilabel_logits" in outputs:
+        if "multilabel_logits" in outputs and self.multilabel_head is not None:  # not the frozen selector's
             targets = multi_hot_labels(labels, self.num_classes, self.ignore_index)
             losses["multilabel"] = self.multilabel_loss(outputs["multilabel_logits"], targets)
         return losses
@@ -239,7 +267,7 @@ class MLSeg(Baseline):
 
         def logits_of(chunk: Tensor, image_ids: Tensor | None = None) -> Tensor:
             oracle = None if targets is None else targets[image_ids]
-            outputs = self._head_outputs(self.segmodel(chunk), oracle)
+            outputs = self._head_outputs(self.extract_features(chunk), oracle)
             if "multilabel_logits" in outputs:
                 scores.append(outputs["multilabel_logits"])
             if in_ranks:
@@ -251,7 +279,7 @@ class MLSeg(Baseline):
         preds = logits.argmax(dim=1)
         if in_ranks:  # best rank -> its class
             preds = torch.cat(selections).gather(1, preds.flatten(1)).view_as(preds)
-        if self.multilabel_head is None:
+        if self.multilabel_metrics is None:
             return preds, {}
         multilabel = torch.cat(scores) if one_forward else self.multilabel_scores(images)
         return preds, {"multilabel_logits": multilabel.float()}

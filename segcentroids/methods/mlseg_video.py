@@ -68,6 +68,9 @@ class MLSegVideo(MLSeg):
             **kwargs: `MLSeg`'s arguments.
         """
         super().__init__(**kwargs)
+        if self.selector is not None:  # its scores are per frame: no silent per-frame selection in a clip model
+            raise ValueError("MLSegVideo does not take selector_ckpt (the frozen selector's scores are not shared "
+                             "within a clip); use MLSeg")
         self.clip_level_selection = clip_level_selection
         self._clips: Tensor | None = None  # clip of each image of the forwards in progress
         self._eval_clips: Tensor | None = None
