@@ -146,11 +146,10 @@ def fit_tiny_selectors(checkpoints: list[str], workdir: Path, monkeypatch: pytes
     monkeypatch.chdir(workdir)
     for checkpoint in checkpoints:
         run = Path(checkpoint).parents[1]
-        encoder = "--model.init_args.segmodel.init_args"
         cli_main(["fit", "--config", str(CONFIGS / "experiments/mlseg/multilabel_r101_coco-stuff10k.yaml"),
-                  f"--data={TINY_DATA}", "--data.init_args.crop_size=null", "--data.init_args.scale=null",
-                  *SIZE_ONLY_OVERRIDES["steps"], *SIZE_ONLY_OVERRIDES["hardware"], f"--trainer.default_root_dir={run}",
-                  f"{encoder}.encoder_name=resnet18", f"{encoder}.encoder_weights=null", f"{encoder}.encoder_kwargs={{}}",
+                  *SIZE_ONLY_OVERRIDES["data"], *SIZE_ONLY_OVERRIDES["steps"], *SIZE_ONLY_OVERRIDES["hardware"],
+                  f"--trainer.default_root_dir={run}", f"{SEGMODEL}.encoder_name=resnet18",
+                  f"{SEGMODEL}.encoder_weights=null", f"{SEGMODEL}.encoder_kwargs={{}}",
                   "--model.init_args.embed_dim=32", "--model.init_args.num_heads=4"])
         assert Path(checkpoint).is_file(), checkpoint
 
