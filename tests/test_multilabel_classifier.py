@@ -116,9 +116,11 @@ def test_wrong_selector_checkpoints_are_one_error_naming_the_file(selector_run: 
 
 
 @pytest.mark.slow
-def test_mlseg_fits_and_tests_with_a_selector_through_the_cli(selector_run: Path, tmp_path: Path) -> None:
-    """The Table 3 independent-scheme config, shrunk: fit with the selector, then test its last checkpoint."""
-    config = str(EXPERIMENTS / "segmenter_vit-b16_mlseg_selector-swin-l_coco-stuff10k_40k.yaml")
+@pytest.mark.parametrize("experiment", SELECTOR_CONFIGS, ids=lambda p: p.stem)
+def test_mlseg_fits_and_tests_with_a_selector_through_the_cli(experiment: Path, selector_run: Path,
+                                                              tmp_path: Path) -> None:
+    """Each independent-scheme config (Table 3), shrunk: fit with a tiny selector, then test its last checkpoint."""
+    config = str(experiment)
     args = [*tiny_overrides(tmp_path), *SMALL_ENCODER, "--model.init_args.num_heads=8",
             "--model.init_args.inference.mode=whole", "--trainer.sync_batchnorm=false",
             f"--model.init_args.selector_ckpt={selector_run / 'checkpoints' / 'last.ckpt'}"]

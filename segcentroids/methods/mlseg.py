@@ -9,18 +9,17 @@ below the selected ones, so the shared inference, metrics and prediction path ar
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MultilabelAveragePrecision, MultilabelStatScores
 
 from segcentroids.inference import infer
 from segcentroids.losses.asymmetric import AsymmetricLoss
 from segcentroids.methods.base import Baseline, MethodScores, ParamGroupRule
 from segcentroids.methods.multilabel_classifier import load_selector
+from segcentroids.metrics import MultilabelMAP
 from segcentroids.nn.multilabel import MultiLabelHead, SelectedLabelClassifier
 from segcentroids.ops.selection import (
     labels_to_ranks,
@@ -139,8 +138,7 @@ class MLSeg(Baseline):
         self.selector = load_selector(selector_ckpt, self.num_classes) if selector_ckpt is not None else None
         self.multilabel_metrics = nn.ModuleDict({
             split: nn.ModuleDict({
-                "average_precision": MultilabelAveragePrecision(self.num_classes, average=None),
-                "label_counts": MultilabelStatScores(self.num_classes, average=None),
+                "mAP": MultilabelMAP(self.num_classes),
                 "recall_at_kappa": MeanMetric(),
                 "pixel_recall_at_kappa": MeanMetric(),
             }) for split in ("val", "test")
@@ -297,8 +295,7 @@ class MLSeg(Baseline):
         valid = (labels != self.ignore_index).flatten(1).sum(dim=1).float()
         kept = (labels_to_ranks(labels, selected, self.num_classes, self.ignore_index) != self.ignore_index)
         metrics = self.multilabel_metrics[split]
-        metrics["average_precision"].update(scores.sigmoid(), targets.long())
-        metrics["label_counts"].update(scores.sigmoid(), targets.long())
+        metrics["mAP"].update(scores, targets)
         metrics["recall_at_kappa"].update(hits / present.clamp_min(1), present)
         metrics["pixel_recall_at_kappa"].update(kept.flatten(1).sum(dim=1) / valid.clamp_min(1), valid)
 
@@ -309,12 +306,7 @@ class MLSeg(Baseline):
         metrics = self.multilabel_metrics[split]
         if metrics["recall_at_kappa"].update_count == 0:  # nothing evaluated (e.g. no validation batch)
             return None
-        with warnings.catch_warnings():  # torchmetrics warns about classes absent from the split
-            warnings.simplefilter("ignore")
-            average_precision = metrics["average_precision"].compute()
-        present = metrics["label_counts"].compute()[:, 4] > 0  # support: images holding the class
-        # mAP over the classes present in the split (absent classes have no defined AP)
-        scalars = {"multilabel_mAP": average_precision[present].mean() * 100}
+        scalars = {"multilabel_mAP": metrics["mAP"].compute()}  # over the classes present in the split
         for name in ("recall_at_kappa", "pixel_recall_at_kappa"):
             scalars[name] = metrics[name].compute() * 100
         for metric in metrics.values():

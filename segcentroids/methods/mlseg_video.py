@@ -99,13 +99,13 @@ class MLSegVideo(MLSeg):
         return clip_mean(scores, clips), None if class_tokens is None else clip_mean(class_tokens, clips)
 
     def select_and_classify(self, features: Tensor, oracle_targets: Tensor | None = None,
-                            multilabel_features: Tensor | None = None
+                            multilabel_features: Tensor | None = None, selector_scores: Tensor | None = None
                             ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """`MLSeg.select_and_classify`; the oracle keeps the classes of the whole clip."""
         clips = self._active_clips(features.shape[0])
         if oracle_targets is not None and clips is not None:
             oracle_targets = clip_union(oracle_targets, clips.to(oracle_targets.device))
-        return super().select_and_classify(features, oracle_targets, multilabel_features)
+        return super().select_and_classify(features, oracle_targets, multilabel_features, selector_scores)
 
     def method_losses(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         """`MLSeg`'s losses; the multi-label term is one row per clip against the union of its frames' classes."""
