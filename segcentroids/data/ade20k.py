@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 
-from segcentroids.data.base import map_with_table
+from segcentroids.data.base import Crop512DataModule, map_with_table
 from segcentroids.data.labels import generated_palette, reduce_zero_table
 from segcentroids.data.layouts import PairedFoldersDataModule
 
 ADE20K_TABLE = reduce_zero_table(150)
 
 
-class ADE20KDataModule(PairedFoldersDataModule):
+class ADE20KDataModule(PairedFoldersDataModule, Crop512DataModule):
     """ADE20K in mmsegmentation's layout ``ADEChallengeData2016/{images,annotations}/{training,validation}/``.
 
     ``root`` is the ``ADEChallengeData2016`` folder (or the folder holding it). Labels are PNGs with 0..150: 0 is
@@ -46,16 +43,6 @@ class ADE20KDataModule(PairedFoldersDataModule):
     SPLIT_SIZES = {"train": 20210, "val": 2000, "test": 2000}
     SPLIT_FOLDERS = {"train": "training", "val": "validation", "test": "validation"}
     DATASET_NAME, NESTED_DIR = "ADE20K", "ADEChallengeData2016"
-
-    def __init__(
-        self,
-        root: str | Path,
-        crop_size: int | tuple[int, int] = (512, 512),
-        scale: tuple[int, int] | None = (2048, 512),
-        test_scale: tuple[int, int] | None = (2048, 512),
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root=root, crop_size=crop_size, scale=scale, test_scale=test_scale, **kwargs)
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

@@ -485,3 +485,18 @@ class SegDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """One image per batch: a folder of images to predict may hold any mix of sizes."""
         return self._loader("predict", 1)
+
+
+class Crop512DataModule(SegDataModule):
+    """mmsegmentation's protocol of ADE20K and COCO-Stuff as the defaults: 512x512 crops of images resized to fit
+    (2048, 512) times a ratio in ``ratio_range``, test images resized to fit (2048, 512) (short side 512)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        crop_size: int | tuple[int, int] = (512, 512),
+        scale: tuple[int, int] | None = (2048, 512),
+        test_scale: tuple[int, int] | None = (2048, 512),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, crop_size=crop_size, scale=scale, test_scale=test_scale, **kwargs)

@@ -3,12 +3,9 @@ MLSeg's largest image benchmark). Labels are built once by ``segcentroids conver
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 
-from segcentroids.data.base import map_with_table
+from segcentroids.data.base import Crop512DataModule, map_with_table
 from segcentroids.data.labels import LARGE_IGNORE_INDEX, generated_palette, read_class_names, table_from_ids
 from segcentroids.data.layouts import PairedFoldersDataModule
 
@@ -34,7 +31,7 @@ COCO_LVIS_TABLE = table_from_ids(range(1, COCO_LVIS_CLASSES + 1), ignored=(0,), 
                                  ignore_index=LARGE_IGNORE_INDEX)
 
 
-class COCOLVISDataModule(PairedFoldersDataModule):
+class COCOLVISDataModule(PairedFoldersDataModule, Crop512DataModule):
     """COCO+LVIS (1284 classes) in the layout ``segcentroids convert-coco-lvis`` writes:
     ``images/{train,val}/<name>.jpg`` (links to the COCO 2017 images) and ``annotations/{train,val}/<name>.png``
     (uint16: 0 unlabelled, 1..1203 LVIS v1 category ids, 1204..1284 the COCO-Stuff stuff classes LVIS lacks).
@@ -48,16 +45,6 @@ class COCOLVISDataModule(PairedFoldersDataModule):
     PALETTE = generated_palette(COCO_LVIS_CLASSES + 1)[1:]
     SPLIT_FOLDERS = {"train": "train", "val": "val", "test": "val"}
     DATASET_NAME = "COCO+LVIS"
-
-    def __init__(
-        self,
-        root: str | Path,
-        crop_size: int | tuple[int, int] = (512, 512),
-        scale: tuple[int, int] | None = (2048, 512),
-        test_scale: tuple[int, int] | None = (2048, 512),
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root=root, crop_size=crop_size, scale=scale, test_scale=test_scale, **kwargs)
 
     @staticmethod
     def map_labels(raw: np.ndarray) -> np.ndarray:

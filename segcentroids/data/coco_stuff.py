@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.io
 
-from segcentroids.data.base import SegDataModule, map_with_table, read_label
+from segcentroids.data.base import Crop512DataModule, map_with_table, read_label
 from segcentroids.data.labels import generated_palette, table_from_ids
 from segcentroids.data.layouts import SplitScan, scan_folders, scan_list
 
@@ -65,7 +64,7 @@ def read_mat_label(path: Path) -> np.ndarray:
     return label
 
 
-class COCOStuff10kDataModule(SegDataModule):
+class COCOStuff10kDataModule(Crop512DataModule):
     """COCO-Stuff-10k (9,000 train / 1,000 test): ``.mat`` annotations read directly, or converted PNGs.
 
     ``root`` holds ``images/``, ``annotations/`` and ``imageLists/{train,test}.txt``. Images are
@@ -81,16 +80,6 @@ class COCOStuff10kDataModule(SegDataModule):
     PALETTE = COCO_STUFF_PALETTE
     SPLIT_SIZES = {"train": 9000, "val": 1000, "test": 1000}
     SPLITS = {"train": ("train", "train2014"), "val": ("test", "test2014"), "test": ("test", "test2014")}
-
-    def __init__(
-        self,
-        root: str | Path,
-        crop_size: int | tuple[int, int] = (512, 512),
-        scale: tuple[int, int] | None = (2048, 512),
-        test_scale: tuple[int, int] | None = (2048, 512),
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root=root, crop_size=crop_size, scale=scale, test_scale=test_scale, **kwargs)
 
     def scan_split(self, split: str) -> SplitScan:
         """Pairs for the names of ``imageLists/<list>.txt``."""
@@ -133,7 +122,7 @@ class COCOStuff10kDataModule(SegDataModule):
         return raw, COCOStuff10kDataModule.map_converted(raw)
 
 
-class COCOStuff164kDataModule(SegDataModule):
+class COCOStuff164kDataModule(Crop512DataModule):
     """COCO-Stuff-164k (118,287 train / 5,000 val) with the stuffthingmaps PNGs.
 
     ``root`` holds ``images/{train2017,val2017}/*.jpg`` and ``annotations/{train2017,val2017}/*.png``: the
@@ -146,16 +135,6 @@ class COCOStuff164kDataModule(SegDataModule):
     PALETTE = COCO_STUFF_PALETTE
     SPLIT_SIZES = {"train": 118287, "val": 5000, "test": 5000}
     SPLIT_FOLDERS = {"train": "train2017", "val": "val2017", "test": "val2017"}
-
-    def __init__(
-        self,
-        root: str | Path,
-        crop_size: int | tuple[int, int] = (512, 512),
-        scale: tuple[int, int] | None = (2048, 512),
-        test_scale: tuple[int, int] | None = (2048, 512),
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root=root, crop_size=crop_size, scale=scale, test_scale=test_scale, **kwargs)
 
     def scan_split(self, split: str) -> SplitScan:
         """Pairs ``images/<folder>/<name>.jpg`` with ``annotations/<folder>/<name>[_labelTrainIds].png``."""
