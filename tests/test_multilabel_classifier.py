@@ -139,7 +139,7 @@ def test_classifier_configs_fast_dev_run(config: Path, tmp_path: Path) -> None:
 
 
 def test_the_configs_exist() -> None:
-    assert len(CLASSIFIER_CONFIGS) == 6 and len(SELECTOR_CONFIGS) == 2
+    assert len(CLASSIFIER_CONFIGS) == 7 and len(SELECTOR_CONFIGS) == 2
 
 
 SELECTOR_ROWS = [(path, row) for path in sorted((CONFIGS / "ablations" / "mlseg").glob("table[23]_*.yaml"))
