@@ -122,7 +122,7 @@ def test_mlseg_fits_and_tests_with_a_selector_through_the_cli(experiment: Path, 
     """Each independent-scheme config (Table 3), shrunk: fit with a tiny selector, then test its last checkpoint."""
     config = str(experiment)
     args = [*tiny_overrides(tmp_path), *SMALL_ENCODER, "--model.init_args.num_heads=8",
-            "--model.init_args.inference.mode=whole", "--trainer.sync_batchnorm=false",
+            "--model.init_args.inference.mode=whole", "--trainer.sync_batchnorm=false", "--trainer.strategy=auto",
             f"--model.init_args.selector_ckpt={selector_run / 'checkpoints' / 'last.ckpt'}"]
     main(["fit", "--config", config, *args, *SHORT_FIT, "--trainer.val_check_interval=2"])
     assert json.loads((tmp_path / "metrics" / "val.json").read_text())["mIoU"] >= 0

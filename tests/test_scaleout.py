@@ -45,6 +45,10 @@ def subprocess_env() -> dict[str, str]:
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for key in [k for k in env if k.startswith("SLURM_")]:  # a test run inside a SLURM job is not a SLURM run
         del env[key]
+    # nor does it inherit a rendezvous: an in-process DDP run earlier in the session sets MASTER_PORT and may still
+    # hold it (EADDRINUSE in the subprocess)
+    for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
+        env.pop(key, None)
     return env
 
 
@@ -132,15 +136,10 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     from-scratch network; the SLURM suite checks rank identity over 6 steps."""
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     common = ["--config", TINY_MCIBI, "--trainer.max_epochs=1", *QUIET]
-    command = segcentroids_cmd("fit", *common, "--trainer.devices=2", "--trainer.strategy=ddp",
-                               f"--trainer.default_root_dir={ddp_dir}", "--trainer.callbacks+=rank_dump.RankStateDump")
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    if result.returncode != 0 and "EADDRINUSE" in result.stderr:
-        # Lightning picks a free port, releases it and binds it again: another process may take it in between
-        # (seen once in CI); the run is repeated once in a fresh folder, anything else fails as it is
-        ddp_dir = tmp_path / "ddp_retry"
-        command = [*command[:-2], f"--trainer.default_root_dir={ddp_dir}", command[-1]]
-        result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        segcentroids_cmd("fit", *common, "--trainer.devices=2", "--trainer.strategy=ddp",
+                         f"--trainer.default_root_dir={ddp_dir}", "--trainer.callbacks+=rank_dump.RankStateDump"),
+        env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = _state(ddp_dir / "rank_state" / "rank0.pt"), _state(ddp_dir / "rank_state" / "rank1.pt")
     assert torch.equal(rank0["memory.memory"], rank1["memory.memory"])
