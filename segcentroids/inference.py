@@ -5,8 +5,10 @@ Three protocols, composable:
 - ``whole``: run the model on the (already test-resized) image, resize the logits to the label size.
 - ``slide``: windows of ``crop_size`` every ``stride`` pixels (mmsegmentation's grid: the last window of a row or
   column is moved back inside the image); the image is first padded at the bottom/right with 0 (the normalised mean)
-  to at least the window size, the overlapping window logits are averaged, and the padding is cropped off. Windows
-  of every image (and of the flipped copies) are run in batches of ``window_batch_size``.
+  to at least the window size, the overlapping window logits are averaged, and the padding is cropped off
+  (``pad_to_window=False``: as mmsegmentation 0.x, a side shorter than the window is taken whole, unpadded, so the
+  model sees a smaller window). Windows of every image (and of the flipped copies) are run in batches of
+  ``window_batch_size``.
 - multi-scale + flip: the image is resized by each ratio of ``scales`` (and flipped when ``flip`` is set), each view
   is run by ``whole`` or ``slide``, and the softmax probabilities at the label size are averaged; the log of the
   average is returned, so ``argmax`` and cross-entropy behave as on logits. Un-flipping swaps the class channels
@@ -45,6 +47,8 @@ class InferenceConfig:
         flip: also run each scale on the horizontally flipped image.
         flip_pairs: class channels swapped when un-flipping logits, e.g. LIP's ``[[14, 15], [16, 17], [18, 19]]``.
         window_batch_size: how many windows (or whole images of one view) go through the model at once.
+        pad_to_window: ``slide`` on an image side shorter than the window pads it with 0 (True) or shrinks the
+            window to that side (False, mmsegmentation 0.x).
     """
 
     mode: Literal["whole", "slide"] = "whole"
@@ -54,6 +58,7 @@ class InferenceConfig:
     flip: bool = False
     flip_pairs: list[tuple[int, int]] = field(default_factory=list)
     window_batch_size: int = 8
+    pad_to_window: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
@@ -118,11 +123,13 @@ def slide_logits(logits_fn: LogitsFn, images: Tensor, config: InferenceConfig,
     """
     batch, _, height, width = images.shape
     crop_h, crop_w = config.crop_size
+    if not config.pad_to_window:  # mmseg 0.x: a side shorter than the window is one unpadded window
+        crop_h, crop_w = min(crop_h, height), min(crop_w, width)
     pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
     padded = F.pad(images, (0, pad_w, 0, pad_h), value=0.0) if pad_h or pad_w else images
     full_h, full_w = height + pad_h, width + pad_w
     # (image, top, left) of every window, window-major: all images' first window, then their second...
-    jobs = [(index, top, left) for top, left in slide_windows(full_h, full_w, config.crop_size, config.stride)
+    jobs = [(index, top, left) for top, left in slide_windows(full_h, full_w, (crop_h, crop_w), config.stride)
             for index in range(batch)]
     total: Tensor | None = None
     count = images.new_zeros(1, 1, full_h, full_w, dtype=torch.float32)

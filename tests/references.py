@@ -136,9 +136,12 @@ def loop_pyramid_targets(labels: torch.Tensor, strides: list[int], ignore: int =
 # ------------------------------------------------------------------------------------------------ PNE: Eq. 6-9
 def loop_pne_loss(embeddings, logits, labels, *, samples_per_set, max_anchor_set=None, temperature=1.0,
                   positive_weight="normalized", positive_score="softmax", empty_negatives="skip", form="pne",
-                  individual_anchor_sets=True, corresponding_negatives=True, ignore_index=255):
-    """`PNELoss(sampling="first")` as a per-image, per-pair loop (raster order, tiled or cut to S); the anchors of
-    a pair are handled together."""
+                  individual_anchor_sets=True, corresponding_negatives=True, oversized_anchor_sets="skip",
+                  reduction="samples", ignore_index=255):
+    """`PNELoss(sampling="first")` as a per-image, per-pair loop (raster order); the anchors of a pair are handled
+    together. An anchor set above `max_anchor_set` is skipped or cut to its first `max_anchor_set` members; its
+    anchors are then tiled or cut to S (`reduction="samples"`) or taken once each (`"anchors"`); the loss is the mean
+    over every anchor row."""
     B, D, h, w = embeddings.shape
     K, S, tau = logits.shape[1], samples_per_set, temperature
     if labels.shape[-2:] != (h, w):
@@ -167,9 +170,12 @@ def loop_pne_loss(embeddings, logits, labels, *, samples_per_set, max_anchor_set
                 sets = [(None, valid & (y == k) & (pred != k))]
             for predicted, mask in sets:
                 n = int(mask.sum())
-                if n == 0 or pos_idx is None or (max_anchor_set is not None and n > max_anchor_set):
+                oversized = max_anchor_set is not None and n > max_anchor_set
+                if n == 0 or pos_idx is None or (oversized and oversized_anchor_sets == "skip"):
                     continue
-                a_idx = pick(mask)
+                a_idx = torch.nonzero(mask).flatten()[:max_anchor_set if oversized else n]
+                if reduction == "samples":
+                    a_idx = a_idx[torch.arange(S) % len(a_idx)]
                 anchors, positives = E[a_idx], E[pos_idx].detach()
                 wts = score[pos_idx]
                 if positive_weight == "normalized":

@@ -72,6 +72,27 @@ def test_predict_writes_label_and_colour_pngs(fitted_run: Path, tmp_path: Path) 
         color = cv2.imread(str(out / "color" / f"{name}.png"))
         assert labels.shape == size and labels.max() < 8  # original size, valid train ids
         assert color.shape == (*size, 3)
+    assert not (out / "server").exists()  # synthetic labels are stored as train ids: nothing to convert
+
+
+def test_prediction_writer_writes_the_servers_ids(tmp_path: Path) -> None:
+    """ADE20K's server reads 1..150: the writer adds the `server/` folder with train id + 1 (0 stays "other"-free)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from segcentroids.callbacks import SegPredictionWriter
+    from segcentroids.data import ADE20KDataModule
+
+    preds = torch.tensor([[0, 5], [149, 7]])
+    trainer = SimpleNamespace(datamodule=ADE20KDataModule(root=tmp_path), default_root_dir=str(tmp_path))
+    writer = SegPredictionWriter(output_dir=str(tmp_path / "out"))
+    writer.write_on_batch_end(trainer, SimpleNamespace(num_classes=150), {"preds": [preds], "name": ["a.jpg"]},
+                              None, None, 0)
+    labels = cv2.imread(str(tmp_path / "out" / "labels" / "a.png"), cv2.IMREAD_UNCHANGED)
+    server = cv2.imread(str(tmp_path / "out" / "server" / "a.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(labels, [[0, 5], [149, 7]])
+    np.testing.assert_array_equal(server, [[1, 6], [150, 8]])
 
 
 def test_command_line_wins_over_checkpoint_hyperparameters(fitted_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

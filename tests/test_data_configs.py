@@ -26,10 +26,11 @@ DATASETS = {
     "coco_stuff10k": (coco_stuff10k_tree, ["coco_stuff", "coco_stuff_ms_flip"]),
     "coco_stuff164k": (coco_stuff164k_tree, ["coco_stuff"]),
     "pascal_context59": (pascal_context_tree, ["pascal_context", "pascal_context_ms_flip"]),
+    "pascal_context60": (pascal_context_tree, ["pascal_context"]),
     "lip": (lip_tree, ["lip", "lip_flip"]),
 }
 # slide-window blocks that experiments include (configs/experiments/**: `inference: ../../inference/<name>.yaml`)
-WINDOW_BLOCKS = ["slide480x480", "slide512x512", "slide512x1024_stride512x768"]
+WINDOW_BLOCKS = ["slide480x480", "slide480x480_unpadded", "slide512x512", "slide512x1024_stride512x768"]
 
 
 def test_every_config_file_is_covered() -> None:

@@ -31,6 +31,7 @@ from segcentroids.data import (
     LeftRightFlip,
     LIPDataModule,
     PascalContext59DataModule,
+    PascalContext60DataModule,
 )
 
 UNDEFINED = -1
@@ -78,6 +79,7 @@ def apply_rule(rule: Callable[[int], int], raw: np.ndarray) -> np.ndarray:
     [
         (ADE20KDataModule, lambda v: reduce_zero(v, 150)),
         (PascalContext59DataModule, lambda v: reduce_zero(v, 59)),
+        (PascalContext60DataModule, as_stored(60)),
         (CityscapesDataModule, cityscapes_label_ids),
         (COCOStuff10kDataModule, coco_mat),
         (COCOStuff164kDataModule, coco_stuffthingmaps),
@@ -99,6 +101,7 @@ def test_map_labels_on_every_stored_value(module: type, rule: Callable[[int], in
         (COCOStuff10kDataModule, 171),
         (COCOStuff164kDataModule, 171),
         (PascalContext59DataModule, 59),
+        (PascalContext60DataModule, 60),
         (LIPDataModule, 20),
     ],
 )
@@ -195,6 +198,38 @@ def test_pascal_context_tree(tmp_path: Path) -> None:
     data = PascalContext59DataModule(root=tmp_path, num_workers=0, check_files=True)
     assert_split_matches(load_split(data, "val"), stored, "val", lambda v: 255 if v == 0 else v - 1)
     assert [image.stem for image, _ in data.list_split("train")] == ["2008_000000", "2008_000001"]
+
+
+def test_pascal_context60_keeps_background(tmp_path: Path) -> None:
+    stored = pascal_context_tree(tmp_path)
+    data = PascalContext60DataModule(root=tmp_path, num_workers=0, check_files=True)
+    assert_split_matches(load_split(data, "val"), stored, "val", lambda v: v)
+    assert data.class_names[0] == "background" and data.class_names[1:] == list(PascalContext59DataModule.CLASS_NAMES)
+
+
+# ------------------------------------------------------------------------------------------- test-server ids
+@pytest.mark.parametrize("module", [ADE20KDataModule, PascalContext59DataModule, PascalContext60DataModule,
+                                    CityscapesDataModule, COCOStuff10kDataModule, COCOStuff164kDataModule,
+                                    LIPDataModule])
+def test_server_ids_round_trip_through_the_datasets_label_mapping(module: type, tmp_path: Path) -> None:
+    """Every train id written in the server's ids reads back as itself through the dataset's own `map_labels`."""
+    data = module(root=tmp_path)
+    train_ids = np.arange(data.num_classes).reshape(1, -1)
+    np.testing.assert_array_equal(module.map_labels(data.server_ids(train_ids)), train_ids)
+
+
+def test_server_ids_by_hand(tmp_path: Path) -> None:
+    cityscapes, ade = CityscapesDataModule(root=tmp_path), ADE20KDataModule(root=tmp_path)
+    coco10k, coco164k = COCOStuff10kDataModule(root=tmp_path), COCOStuff164kDataModule(root=tmp_path)
+    ids = np.array([[0, 13, 18]])  # road, car, bicycle: labelIds 7, 26, 33
+    np.testing.assert_array_equal(cityscapes.server_ids(ids), [[7, 26, 33]])
+    np.testing.assert_array_equal(ade.server_ids(np.array([[0, 149]])), [[1, 150]])
+    person_banner = np.array([[0, 80]])  # COCO ids 1 (person) and 92 (banner)
+    np.testing.assert_array_equal(coco10k.server_ids(person_banner), [[1, 92]])
+    np.testing.assert_array_equal(coco164k.server_ids(person_banner), [[0, 91]])
+    assert PascalContext59DataModule(root=tmp_path).server_ids(np.array([[0]]))[0, 0] == 1
+    lip = LIPDataModule(root=tmp_path)
+    assert lip.server_ids(ids) is ids  # stored ids are the train ids
 
 
 def test_lip_tree_as_stored(tmp_path: Path) -> None:

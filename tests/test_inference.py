@@ -82,6 +82,30 @@ def test_slide_pads_images_smaller_than_the_window_and_crops_back() -> None:
     torch.testing.assert_close(slide, model.conv(images), atol=1e-5, rtol=1e-5)
 
 
+class MeanModel(PixelModel):
+    """``PixelModel`` plus the mean of its whole input: zero padding changes the output."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        return super().forward(images) + images.mean(dim=(1, 2, 3)).view(-1, 1, 1, 1)
+
+
+def test_unpadded_slide_takes_a_short_side_whole_like_mmseg0() -> None:
+    """``pad_to_window=False``: the 6-pixel-high image is one unpadded window high; along the width the 16-wide
+    windows start at 0 and 4 (naive grid); each pixel averages conv + the mean of each window that holds it."""
+    model = MeanModel()
+    images = torch.randn(1, 3, 6, 20)
+    config = InferenceConfig(mode="slide", crop_size=(8, 16), stride=(4, 4), pad_to_window=False)
+    out = infer(model, images, (6, 20), config)
+    total, counts = torch.zeros(1, NUM_CLASSES, 6, 20), torch.zeros(6, 20)
+    for left in naive_windows(20, 16, 4):
+        window = images[..., left : left + 16]
+        total[..., left : left + 16] += model.conv(window) + window.mean()
+        counts[:, left : left + 16] += 1
+    torch.testing.assert_close(out, total / counts, atol=1e-5, rtol=1e-5)
+    padded = infer(model, images, (6, 20), InferenceConfig(mode="slide", crop_size=(8, 16), stride=(4, 4)))
+    assert not torch.allclose(padded, out, atol=1e-3)  # padding with 0 changes each window's mean
+
+
 def test_slide_averages_overlapping_windows() -> None:
     """Each pixel gets the mean, over the windows that hold it, of its position term inside that window."""
     model = PositionModel()

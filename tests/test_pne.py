@@ -78,6 +78,47 @@ def test_first_sampling_cuts_in_raster_order():
     assert PNELoss(samples_per_set=2, max_anchor_set=3)(embeddings, logits, labels).item() > 0
 
 
+def toy_with_a_two_anchor_set():
+    """The toy plus pixel 7: class 2 predicted as 0 with embedding (1, 0), so S_{0,2} = {6, 7}."""
+    embeddings, logits, labels = toy()
+    embeddings = torch.cat([embeddings, torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1)], dim=3)
+    logits = torch.cat([logits, torch.tensor([1.0, 0, 0]).reshape(1, 3, 1, 1)], dim=3)
+    return embeddings, logits, torch.cat([labels, torch.tensor([2]).reshape(1, 1, 1)], dim=2)
+
+
+@pytest.mark.parametrize("sampling", ["first", "random"])
+def test_eq9_readings_by_hand(sampling):
+    """Authors' reading (every set tiled or cut to S samples, sets above the cap skipped) vs the paper's (each
+    misclassified pixel once; sets above the cap sampled down)."""
+    a2, a6 = toy_terms()
+    # a7 = (1, 0): positive e5 tiled twice (cos 0, weight 1); negatives N_{0,0}: e0 (cos 1), e1 (cos 0.6)
+    a7 = math.log(1 + (math.exp(1) + math.exp(0.6)) / (2 * math.exp(0)))
+    embeddings, logits, labels = toy_with_a_two_anchor_set()
+
+    def value(**kw):
+        loss = PNELoss(samples_per_set=2, sampling=sampling, **kw)
+        return loss(embeddings, logits, labels, generator=torch.Generator().manual_seed(0)).item()
+
+    assert value() == pytest.approx((2 * a2 + a6 + a7) / 4, rel=1e-6)  # S_{1,0}: a2 twice; S_{0,2}: a6, a7
+    assert value(reduction="anchors") == pytest.approx((a2 + a6 + a7) / 3, rel=1e-6)
+    assert value(max_anchor_set=1) == pytest.approx(a2, rel=1e-6)  # S_{0,2} skipped (authors)
+    for reduction in ("samples", "anchors"):  # S_{0,2} sampled down to one of its pixels (paper)
+        sampled = value(max_anchor_set=1, oversized_anchor_sets="sample", reduction=reduction)
+        first = (a2 + a6) / 2
+        assert sampled == pytest.approx(first, rel=1e-6) if sampling == "first" else \
+            sampled in (pytest.approx(first, rel=1e-6), pytest.approx((a2 + a7) / 2, rel=1e-6))
+
+
+def test_sampling_down_takes_random_members():
+    """With `oversized_anchor_sets="sample"` and random sampling, the kept member of an oversized set varies with
+    the generator: both members of S_{0,2} are drawn over seeds."""
+    embeddings, logits, labels = toy_with_a_two_anchor_set()
+    loss = PNELoss(samples_per_set=2, max_anchor_set=1, oversized_anchor_sets="sample")
+    values = {round(loss(embeddings, logits, labels, generator=torch.Generator().manual_seed(seed)).item(), 6)
+              for seed in range(20)}
+    assert len(values) == 2
+
+
 def test_empty_negatives():
     # S_{1,0} = {pixel 2}, but no pixel of class 1 is predicted correctly: N_{1,1} is empty
     e = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
@@ -159,6 +200,12 @@ OPTIONS = [
     {"corresponding_negatives": False},
     {"individual_anchor_sets": False, "corresponding_negatives": False, "form": "infonce"},
     {"corresponding_negatives": False, "empty_negatives": "anchors"},
+    # the paper's reading of Eq. 9: sets above the cap sampled down, the mean over misclassified pixels
+    {"reduction": "anchors"},
+    {"oversized_anchor_sets": "sample", "max_anchor_set": 2},
+    {"oversized_anchor_sets": "sample", "max_anchor_set": 5, "reduction": "anchors"},
+    {"reduction": "anchors", "individual_anchor_sets": False},
+    {"reduction": "anchors", "corresponding_negatives": False, "form": "infonce"},
 ]
 
 
@@ -177,6 +224,17 @@ def test_matches_per_pair_loop(options, samples_per_set):
         assert ref.item() > 0  # the random cases do have qualifying sets
         ours.backward(), ref.backward()
         torch.testing.assert_close(ours_input.grad, ref_input.grad.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_loop_cases_exercise_both_eq9_readings():
+    """The loop comparison's cases have sets above a cap of 2 and sets of different sizes: the readings differ."""
+    embeddings, logits, labels = random_case(1)
+    kw = {"samples_per_set": 3, "sampling": "first"}
+    skip = PNELoss(max_anchor_set=2, **kw)(embeddings, logits, labels)
+    sample = PNELoss(max_anchor_set=2, oversized_anchor_sets="sample", **kw)(embeddings, logits, labels)
+    samples = PNELoss(max_anchor_set=None, **kw)(embeddings, logits, labels)
+    anchors = PNELoss(max_anchor_set=None, reduction="anchors", **kw)(embeddings, logits, labels)
+    assert abs(skip.item() - sample.item()) > 1e-3 and abs(samples.item() - anchors.item()) > 1e-3
 
 
 @pytest.mark.parametrize("individual_anchor_sets", [True, False])
@@ -282,7 +340,8 @@ def test_float32_under_autocast():
 
 @pytest.mark.parametrize("key,value", [("sampling", "all"), ("positive_weight", "softmax"), ("form", "nce"),
                                        ("empty_negatives", "zero"), ("temperature", 0.0), ("samples_per_set", 0),
-                                       ("max_anchor_set", 0), ("positive_score", "prob")])
+                                       ("max_anchor_set", 0), ("positive_score", "prob"),
+                                       ("oversized_anchor_sets", "cut"), ("reduction", "mean")])
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ValueError, match=key):
         PNELoss(**{key: value})

@@ -8,7 +8,7 @@ from segcentroids.data.cityscapes import CityscapesDataModule
 from segcentroids.data.coco_lvis import COCOLVISDataModule
 from segcentroids.data.coco_stuff import COCOStuff10kDataModule, COCOStuff164kDataModule
 from segcentroids.data.lip import LeftRightFlip, LIPDataModule
-from segcentroids.data.pascal_context import PascalContext59DataModule
+from segcentroids.data.pascal_context import PascalContext59DataModule, PascalContext60DataModule
 from segcentroids.data.synthetic import SyntheticDataModule, SyntheticDataset
 from segcentroids.data.transforms import (
     CatMaxRatioCrop,
@@ -30,6 +30,7 @@ __all__ = [
     "LIPDataModule",
     "LeftRightFlip",
     "PascalContext59DataModule",
+    "PascalContext60DataModule",
     "CamVidDataModule",
     "CatMaxRatioCrop",
     "ImageFolderDataset",

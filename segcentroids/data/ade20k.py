@@ -17,8 +17,8 @@ class ADE20KDataModule(PairedFoldersDataModule, Crop512DataModule):
     ``root`` is the ``ADEChallengeData2016`` folder (or the folder holding it). Labels are PNGs with 0..150: 0 is
     "other" and is ignored, k -> k-1 (mmsegmentation's ``reduce_zero_label``). "val" and "test" both read
     ``validation``. Defaults are the paper protocol: 512x512 crops of images resized to fit (2048, 512) times a ratio
-    in [0.5, 2], test images resized to short side 512 (whole-image inference). Predictions written for the official
-    server add 1 back.
+    in [0.5, 2], test images resized to short side 512 (whole-image inference). ``predict`` writes the server's ids
+    (train id + 1) in ``server/``.
     """
 
     CLASS_NAMES = (
@@ -41,6 +41,7 @@ class ADE20KDataModule(PairedFoldersDataModule, Crop512DataModule):
     )  # fmt: skip
     PALETTE = generated_palette(151)[1:]
     SPLIT_SIZES = {"train": 20210, "val": 2000, "test": 2000}
+    SERVER_IDS = tuple(range(1, 151))  # the SceneParsing server reads 1..150 (0 = other)
     SPLIT_FOLDERS = {"train": "training", "val": "validation", "test": "validation"}
     DATASET_NAME, NESTED_DIR = "ADE20K", "ADEChallengeData2016"
 

@@ -298,6 +298,8 @@ class SegDataModule(L.LightningDataModule):
     load_label: LabelLoader | None = None
     # published number of image/label pairs per split (checked by ``segcentroids check-data``); empty: unknown
     SPLIT_SIZES: dict[str, int] = {}
+    # the id the dataset's own label files (and its evaluation server) use for train id k; empty: the train ids
+    SERVER_IDS: tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -360,6 +362,14 @@ class SegDataModule(L.LightningDataModule):
     def ignore_index(self) -> int:
         """Label value of ignored pixels: 255 up to 255 classes, 65535 above (``labels.ignore_index_for``)."""
         return ignore_index_for(self.num_classes)
+
+    def server_ids(self, train_ids: np.ndarray) -> np.ndarray:
+        """Predicted train ids in the ids of the dataset's label files, as its test server expects them
+        (``SERVER_IDS``; the train ids where it is empty). ``map_labels`` maps them back."""
+        if not self.SERVER_IDS:
+            return train_ids
+        table = np.asarray(self.SERVER_IDS, dtype=np.uint8 if max(self.SERVER_IDS) < 256 else np.uint16)
+        return table[train_ids]
 
     def list_split(self, split: str) -> list[FilePair]:
         """The ``(image_path, label_path)`` pairs of ``split`` ("train", "val" or "test"), raising naming every

@@ -41,6 +41,7 @@ class CityscapesDataModule(SegDataModule):
         (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
     )  # fmt: skip
     SPLIT_SIZES = {"train": 2975, "val": 500, "test": 1525}
+    SERVER_IDS = CITYSCAPES_EVAL_IDS  # the benchmark server reads labelIds
 
     def __init__(
         self,

@@ -79,6 +79,7 @@ class COCOStuff10kDataModule(Crop512DataModule):
     CLASS_NAMES = COCO_STUFF_CLASS_NAMES
     PALETTE = COCO_STUFF_PALETTE
     SPLIT_SIZES = {"train": 9000, "val": 1000, "test": 1000}
+    SERVER_IDS = tuple(i + 1 for i in COCO_USED_IDS)  # the 1-based COCO ids of the ``.mat`` field S
     SPLITS = {"train": ("train", "train2014"), "val": ("test", "test2014"), "test": ("test", "test2014")}
 
     def scan_split(self, split: str) -> SplitScan:
@@ -134,6 +135,7 @@ class COCOStuff164kDataModule(Crop512DataModule):
     CLASS_NAMES = COCO_STUFF_CLASS_NAMES
     PALETTE = COCO_STUFF_PALETTE
     SPLIT_SIZES = {"train": 118287, "val": 5000, "test": 5000}
+    SERVER_IDS = COCO_USED_IDS  # the stuffthingmaps ids (COCO id - 1)
     SPLIT_FOLDERS = {"train": "train2017", "val": "val2017", "test": "val2017"}
 
     def scan_split(self, split: str) -> SplitScan:

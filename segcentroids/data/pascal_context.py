@@ -1,4 +1,5 @@
-"""Pascal-Context with 59 classes (labels from mmsegmentation's converter, 0 = background is ignored)."""
+"""Pascal-Context with 59 classes (labels from mmsegmentation's converter, 0 = background is ignored) or 60
+(background kept as class 0)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from segcentroids.data.base import SegDataModule, map_with_table
-from segcentroids.data.labels import generated_palette, reduce_zero_table
+from segcentroids.data.labels import generated_palette, reduce_zero_table, table_from_ids
 from segcentroids.data.layouts import SplitScan, scan_list
 
 PASCAL_CONTEXT59_TABLE = reduce_zero_table(59)
+PASCAL_CONTEXT60_TABLE = table_from_ids(range(60))
 
 
 class PascalContext59DataModule(SegDataModule):
@@ -35,6 +37,7 @@ class PascalContext59DataModule(SegDataModule):
     PALETTE = generated_palette(60)[1:]
     SPLIT_SIZES = {"train": 4998, "val": 5105, "test": 5105}
     SPLIT_LISTS = {"train": "train", "val": "val", "test": "val"}
+    SERVER_IDS = tuple(range(1, 60))  # the converter's 1..59 (0 = background)
 
     def __init__(
         self,
@@ -70,3 +73,18 @@ class PascalContext59DataModule(SegDataModule):
     def map_labels(raw: np.ndarray) -> np.ndarray:
         """0 -> 255, k -> k-1 for k in 1..59, 255 stays ignore, anything else -> -1 (undefined)."""
         return map_with_table(raw, PASCAL_CONTEXT59_TABLE)
+
+
+class PascalContext60DataModule(PascalContext59DataModule):
+    """Pascal-Context 60: the 59 classes and background as class 0 (mmsegmentation's ``PascalContextDataset``,
+    Segmenter's and MLSeg's protocol); the same files as ``PascalContext59DataModule``, labels 0..59 as stored, 255
+    ignored. MLSeg's authors resize to short side 520 (``configs/data/pascal_context60.yaml``)."""
+
+    CLASS_NAMES = ("background", *PascalContext59DataModule.CLASS_NAMES)
+    PALETTE = generated_palette(60)
+    SERVER_IDS = ()  # the stored ids are the train ids
+
+    @staticmethod
+    def map_labels(raw: np.ndarray) -> np.ndarray:
+        """0..59 stay, 255 stays ignore, anything else -> -1 (undefined)."""
+        return map_with_table(raw, PASCAL_CONTEXT60_TABLE)

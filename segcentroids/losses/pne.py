@@ -27,6 +27,8 @@ _CHOICES = {
     "positive_score": ("softmax", "logit"),
     "empty_negatives": ("skip", "anchors"),
     "form": ("pne", "infonce"),
+    "oversized_anchor_sets": ("skip", "sample"),
+    "reduction": ("samples", "anchors"),
 }
 _KEY_BITS = 31  # random tie-break keys are drawn in [0, 2**31); set ids are shifted above them
 _CHUNK = 16  # distinct anchors processed together against their set's positives and negatives
@@ -100,6 +102,7 @@ class _Chunks:
     slot: Tensor  # [Q, C], the member of the set
     multiplicity: Tensor  # [Q, C], how often the sampling repeats the member; 0 marks padding
     anchor_pixels: Tensor  # [Q, C], flat pixel indices
+    slots: int  # C times the most chunks of one set: every slot is below it
     image: Tensor  # [Q]
     cls: Tensor  # [Q], k
     pred: Tensor  # [Q], l (-1 with IAS off)
@@ -138,7 +141,14 @@ class PNELoss(nn.Module):
         sampling: "random" (paper: a random order of each set, reproducible with `generator`) or "first" (authors'
             code: raster order). Either way a set of n members is tiled or cut to exactly `samples_per_set`.
         samples_per_set: members taken from every anchor, positive and negative set.
-        max_anchor_set: anchor sets with more members are skipped (authors' code: 199); None keeps every set.
+        max_anchor_set: the anchor-set cap ("|S| < 200"): larger sets are skipped or sampled down to it, see
+            `oversized_anchor_sets`; None keeps every set whole.
+        oversized_anchor_sets: a set above `max_anchor_set` is "skip"ped (authors' code) or "sample"d: a random
+            (or, with "first", raster-order) `max_anchor_set` of its members are its anchors (the paper's "at most
+            200 misclassified pixels").
+        reduction: "samples" (authors' code): every anchor set is tiled or cut to `samples_per_set` anchor samples
+            and the loss is their mean, so every set weighs the same; "anchors" (the paper's 1/|S| of Eq. 9): every
+            anchor of a set (up to the cap) counts once and the loss is the mean over misclassified pixels.
         positive_weight: per-positive weight of Eq. 8: "normalized" (w / mean w over the sampled positives, paper),
             "raw" (w, authors' code) or "none" (Eq. 6).
         positive_score: what w is: "softmax" (max class probability, paper) or "logit" (max raw score, Table 7's
@@ -166,11 +176,14 @@ class PNELoss(nn.Module):
         form: str = "pne",
         individual_anchor_sets: bool = True,
         corresponding_negatives: bool = True,
+        oversized_anchor_sets: str = "skip",
+        reduction: str = "samples",
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
         for key, value in (("sampling", sampling), ("positive_weight", positive_weight),
-                           ("positive_score", positive_score), ("empty_negatives", empty_negatives), ("form", form)):
+                           ("positive_score", positive_score), ("empty_negatives", empty_negatives), ("form", form),
+                           ("oversized_anchor_sets", oversized_anchor_sets), ("reduction", reduction)):
             if value not in _CHOICES[key]:
                 raise ValueError(f"{key} must be one of {_CHOICES[key]}, got {value!r}")
         if not temperature > 0:
@@ -189,6 +202,8 @@ class PNELoss(nn.Module):
         self.form = form
         self.individual_anchor_sets = bool(individual_anchor_sets)
         self.corresponding_negatives = bool(corresponding_negatives)
+        self.oversized_anchor_sets = oversized_anchor_sets
+        self.reduction = reduction
         self.ignore_index = ignore_index
 
     def forward(self, embeddings: Tensor, logits: Tensor, labels: Tensor,
@@ -276,7 +291,7 @@ class PNELoss(nn.Module):
     def _qualifying_sets(self, predictions: _Predictions, sets: _SetIndex, template_ok: Tensor) -> _AnchorSets:
         """Each anchor set's image and classes, whether its negative set exists and whether it qualifies."""
         B, K, device = sets.num_images, sets.num_classes, template_ok.device
-        # which anchor sets qualify: 1..max_anchor_set members and a non-empty positive set
+        # which anchor sets qualify: members (at most max_anchor_set unless sampled down) and a non-empty positive set
         set_size = sets.counts[sets.num_templates:sets.num_sets]
         if self.individual_anchor_sets:
             set_image = torch.arange(B, device=device).repeat_interleave(K * K)
@@ -287,7 +302,7 @@ class PNELoss(nn.Module):
             set_pred = torch.full_like(set_image, -1)
             set_class = torch.arange(K, device=device).repeat(B)
         qualifies = (set_size > 0) & template_ok[set_image * K + set_class]
-        if self.max_anchor_set is not None:
+        if self.max_anchor_set is not None and self.oversized_anchor_sets == "skip":
             qualifies &= set_size <= self.max_anchor_set
         union_share = negatives_exist = None
         if self.corresponding_negatives and not self.individual_anchor_sets:
@@ -298,29 +313,42 @@ class PNELoss(nn.Module):
             qualifies &= negatives_exist
         return _AnchorSets(set_size, set_image, set_pred, set_class, qualifies, negatives_exist, union_share)
 
+    def _anchor_counts(self, set_size: Tensor) -> tuple[Tensor, Tensor]:
+        """Per anchor set: n, the members it is sampled from (cut to the cap with `oversized_anchor_sets="sample"`),
+        and its distinct anchors: min(n, S) when tiled or cut to S samples (`reduction="samples"`), else n."""
+        members = set_size
+        if self.max_anchor_set is not None and self.oversized_anchor_sets == "sample":
+            members = set_size.clamp_max(self.max_anchor_set)
+        return members, members.clamp_max(self.samples_per_set) if self.reduction == "samples" else members
+
     def _anchor_chunks(self, sets: _SetIndex, anchor_sets: _AnchorSets) -> _Chunks:
         """The qualifying sets' distinct anchors, in chunks of C, with their multiplicities (the one host sync)."""
         S = self.samples_per_set
-        C = min(_CHUNK, S)
-        set_size, qualifies, device = anchor_sets.size, anchor_sets.qualifies, anchor_sets.size.device
-        # A set of n members is tiled or cut to S samples: its min(n, S) distinct members stand for them with
-        # multiplicities, and are processed in chunks of C anchors against the set's S positives / negatives.
-        chunks = torch.where(qualifies, (set_size.clamp_max(S) + C - 1) // C, 0)
+        C = min(_CHUNK, S) if self.reduction == "samples" else _CHUNK
+        qualifies, device = anchor_sets.qualifies, anchor_sets.size.device
+        members, distinct = self._anchor_counts(anchor_sets.size)
+        # The distinct anchors of a set stand for its anchor samples with multiplicities (a set of n < S members
+        # tiled to S samples repeats some), and are processed in chunks of C against the set's S positives /
+        # negatives.
+        chunks = torch.where(qualifies, (distinct + C - 1) // C, 0)
         # the one host sync: the numbers of qualifying sets and of chunks size the blocks below (padding to all
         # B*K*K sets instead costs B*K^2*S^2 similarities, 14 GB for ADE20K's 150 classes at batch 16)
-        P, Q, per_image = torch.stack([qualifies.sum(), chunks.sum(),
-                                       qualifies.reshape(sets.num_images, -1).sum(dim=1).max()]).tolist()
+        P, Q, per_image, most_chunks = torch.stack([qualifies.sum(), chunks.sum(),
+                                                    qualifies.reshape(sets.num_images, -1).sum(dim=1).max(),
+                                                    chunks.max()]).tolist()
         pairs = torch.nonzero_static(qualifies, size=P).squeeze(1)
         pair_chunks = chunks[pairs]
         chunk_pair = torch.repeat_interleave(torch.arange(P, device=device), pair_chunks, output_size=Q)
         first_chunk = (pair_chunks.cumsum(0) - pair_chunks)[chunk_pair]
         slot = ((torch.arange(Q, device=device) - first_chunk) * C)[:, None] + torch.arange(C, device=device)
         chunk_set = pairs[chunk_pair]
-        n = set_size[chunk_set][:, None]
-        # member j of a set of n < S members is sampled (S - 1 - j) // n + 1 times; 0 marks padding
-        multiplicity = torch.where(n >= S, 1, (S - 1 - slot) // n + 1) * (slot < n.clamp_max(S))
+        n, used = members[chunk_set][:, None], (slot < distinct[chunk_set][:, None]).long()  # 0 marks padding
+        if self.reduction == "samples":  # member j of a set of n < S members is sampled (S - 1 - j) // n + 1 times
+            multiplicity = torch.where(n >= S, 1, (S - 1 - slot) // n.clamp_min(1) + 1) * used
+        else:  # every anchor once (Eq. 9's 1/|S|)
+            multiplicity = used
         anchor_pixels = sets.members(sets.num_templates + chunk_set, slot)  # [Q, C]
-        return _Chunks(pairs, per_image, chunk_pair, chunk_set, slot, multiplicity, anchor_pixels,
+        return _Chunks(pairs, per_image, chunk_pair, chunk_set, slot, multiplicity, anchor_pixels, C * most_chunks,
                        anchor_sets.image[chunk_set], anchor_sets.cls[chunk_set], anchor_sets.pred[chunk_set])
 
     def _positives(self, anchors: Tensor, sets: _SetIndex, templates: _Templates,
@@ -373,7 +401,7 @@ class PNELoss(nn.Module):
     def _weighted_mean(per_anchor: Tensor, negative_ok: Tensor, chunks: _Chunks,
                        valid: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss, the mean over anchor samples weighted by multiplicity, and the diagnostics."""
-        # Eq. 9: mean over the anchor samples of all sets (the paper's 1/|S|)
+        # Eq. 9: mean over the anchor samples of all sets (`reduction="samples"`) or over the anchors (`"anchors"`)
         counted = torch.where(negative_ok, chunks.multiplicity, 0)
         loss = torch.where(counted > 0, per_anchor * counted, 0.0).sum() / counted.sum().clamp_min(1)
         with torch.no_grad():
@@ -422,23 +450,21 @@ class PNELoss(nn.Module):
         weighted by the class's share of U's pixels, `sum_l (|N_l| / |U|) sum_s exp(a.t_{l,s} / tau)`: the expected
         sum over S uniform draws from U, so |N| = |P| = S still holds (Eq. 7).
 
-        The pooled sets of an image (at most K, S distinct anchors each) meet all its templates in one
-        `[B, K * S, K * S]` product (Cityscapes' 19 classes: 29 M similarities at batch 8; an ablation-only path).
-        Returns the log of that negative sum per anchor `[Q, C]`."""
+        The pooled sets of an image (at most K, L = `chunks.slots` anchor slots each) meet all its templates in one
+        `[B, K * L, K * S]` product (Cityscapes' 19 classes, L = 112: 32 M similarities at batch 8; an ablation-only
+        path). Returns the log of that negative sum per anchor `[Q, C]`."""
         S, D = templates.shape[1:]
         B, K = union_share.shape[:2]
-        slot = chunks.slot
+        L, slot = chunks.slots, chunks.slot
         image, cls = chunks.image[:, None].expand_as(slot), chunks.cls[:, None].expand_as(slot)
-        position = slot.clamp_max(S - 1)  # padding slots (beyond the set's members) add zero vectors
-        inside = (slot < S)[..., None]
-        dense = anchors.new_zeros(B, K, S, D).index_put((image, cls, position), anchors * inside, accumulate=True)
-        every = dense.reshape(B, K * S, D) @ templates.reshape(B, K * S, D).transpose(1, 2) / self.temperature
+        dense = anchors.new_zeros(B, K, L, D).index_put((image, cls, slot), anchors)  # one slot per (b, k, j)
+        every = dense.reshape(B, K * L, D) @ templates.reshape(B, K * S, D).transpose(1, 2) / self.temperature
         # classes outside the union get a finite log weight far below any |a.t / tau| <= 1 / tau (exp underflows to 0;
         # an empty union keeps finite gradients)
         outside = -(1e4 + 2 / self.temperature)
         log_share = torch.where(union_share > 0, union_share.log(), outside)[:, :, None, :, None]  # [B, K, 1, K, 1]
-        log_sum = (every.reshape(B, K, S, K, S) + log_share).flatten(3).logsumexp(dim=-1)  # [B, K, S]
-        return log_sum[image, cls, position]
+        log_sum = (every.reshape(B, K, L, K, S) + log_share).flatten(3).logsumexp(dim=-1)  # [B, K, L]
+        return log_sum[image, cls, slot]
 
 
 class PNEObjective(ExtraLoss):
@@ -460,7 +486,7 @@ class PNEObjective(ExtraLoss):
         seed: with `sampling="random"` the sets are shuffled by a generator seeded from (seed, global step), so a
             run, and a resumed run, repeats.
         sampling, samples_per_set, max_anchor_set, positive_weight, positive_score, empty_negatives, form,
-        individual_anchor_sets, corresponding_negatives: see `PNELoss`.
+        individual_anchor_sets, corresponding_negatives, oversized_anchor_sets, reduction: see `PNELoss`.
     """
 
     def __init__(
@@ -479,6 +505,8 @@ class PNEObjective(ExtraLoss):
         form: Literal["pne", "infonce"] = "pne",
         individual_anchor_sets: bool = True,
         corresponding_negatives: bool = True,
+        oversized_anchor_sets: Literal["skip", "sample"] = "skip",
+        reduction: Literal["samples", "anchors"] = "samples",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -490,7 +518,8 @@ class PNEObjective(ExtraLoss):
             temperature=tau, sampling=sampling, samples_per_set=samples_per_set, max_anchor_set=max_anchor_set,
             positive_weight=positive_weight, positive_score=positive_score, empty_negatives=empty_negatives,
             form=form, individual_anchor_sets=individual_anchor_sets,
-            corresponding_negatives=corresponding_negatives,
+            corresponding_negatives=corresponding_negatives, oversized_anchor_sets=oversized_anchor_sets,
+            reduction=reduction,
         )
         self.weights = {"pne": alpha}
         self.embed_dim = embed_dim

@@ -20,7 +20,8 @@ class PNE(Baseline):
         tau: temperature (Eq. 6-9, Table 8).
         embed_dim: channels of the projection head's output.
         sampling, samples_per_set, max_anchor_set, positive_weight, positive_score, empty_negatives, form,
-        individual_anchor_sets, corresponding_negatives, seed: see `PNEObjective` / `PNELoss` (Tables 5-7).
+        individual_anchor_sets, corresponding_negatives, oversized_anchor_sets, reduction, seed: see
+        `PNEObjective` / `PNELoss` (Tables 5-7; the last two choose the authors' or the paper's reading of Eq. 9).
         **kwargs: Baseline arguments (`segmodel`, `num_classes`, `optim`, `extra_losses`, ...).
     """
 
@@ -38,6 +39,8 @@ class PNE(Baseline):
         form: Literal["pne", "infonce"] = "pne",
         individual_anchor_sets: bool = True,
         corresponding_negatives: bool = True,
+        oversized_anchor_sets: Literal["skip", "sample"] = "skip",
+        reduction: Literal["samples", "anchors"] = "samples",
         seed: int = 0,
         **kwargs,
     ) -> None:
@@ -45,7 +48,8 @@ class PNE(Baseline):
             alpha=alpha, tau=tau, embed_dim=embed_dim, sampling=sampling, samples_per_set=samples_per_set,
             max_anchor_set=max_anchor_set, positive_weight=positive_weight, positive_score=positive_score,
             empty_negatives=empty_negatives, form=form, individual_anchor_sets=individual_anchor_sets,
-            corresponding_negatives=corresponding_negatives, seed=seed,
+            corresponding_negatives=corresponding_negatives, oversized_anchor_sets=oversized_anchor_sets,
+            reduction=reduction, seed=seed,
         )
         kwargs["extra_losses"] = [objective, *(kwargs.get("extra_losses") or [])]
         super().__init__(**kwargs)
