@@ -630,3 +630,44 @@ def test_fcn_mcibi_leaves_the_given_segmodel_and_loads_checkpoints_with_the_old_
     state["memory_momentum"] = state.pop("memory.momentum").clone().fill_(0.3)  # a checkpoint from before
     model.load_state_dict(state)
     assert model.memory.momentum.item() == pytest.approx(0.3)
+
+
+# ----------------------------------------------------------------------------- where R is built (memory_input)
+@pytest.mark.parametrize(("encoder", "stages"), [("resnet18", [64, 128, 256, 512]),
+                                                  ("tu-hrnet_w18_small", [16, 32, 64, 128])])
+def test_hrnet_concat_builds_r_memory_and_dca_at_stride_4(encoder: str, stages: list[int]):
+    """`memory_input="hrnet_concat"` (Tables 7-8 on HRNetV2-W48): R's bottleneck reads the stride 4-32 stages,
+    upsampled to stride 4 and concatenated (sum of the stage channels), so R, H1's logits and the output are at
+    stride 4; its value is the bottleneck applied to that concatenation written out here."""
+    torch.manual_seed(0)
+    segmodel = SegModel(**tiny_segmodel_args("deeplabv3", encoder_name=encoder, output_stride=4))
+    model = MCIBI(segmodel=segmodel, num_classes=4, memory_channels=16, transform_channels=8,
+                  memory_input="hrnet_concat").eval()
+    assert model.bottleneck[0].in_channels == sum(stages)
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        features = model.segmodel(images)
+        outputs = model.head_outputs(features)
+        pyramid = features["encoder"]
+        assert [f.shape[1] for f in pyramid[2:]] == stages
+        quarter = pyramid[2].shape[-2:]
+        concat = torch.cat([pyramid[2], *(torch.nn.functional.interpolate(f, size=quarter, mode="bilinear")
+                                          for f in pyramid[3:])], dim=1)
+        expected = model.bottleneck(concat)
+    assert quarter == (16, 24)
+    assert outputs["memory_features"].shape == (2, 16, 16, 24)
+    assert outputs["class_logits"].shape == (2, 4, 16, 24) and outputs["logits"].shape == (2, 4, 16, 24)
+    torch.testing.assert_close(outputs["memory_features"], expected)
+    torch.testing.assert_close(model.memory_features(images), expected)
+
+
+def test_encoder_last_reads_the_deepest_stage_and_bad_memory_input_names_the_key():
+    model = _model("fcn").eval()  # dilated ResNet-18, stride 8: C5
+    assert model.memory_input == "encoder_last" and model.bottleneck[0].in_channels == 512
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        deepest = model.segmodel(images)["encoder"][-1]
+        torch.testing.assert_close(model.memory_features(images), model.bottleneck(deepest))
+    assert model.memory_features(images).shape[-2:] == (4, 4)
+    with pytest.raises(ValueError, match="memory_input"):
+        _model(memory_input="c5")
