@@ -552,6 +552,8 @@ def _fast_dev_run(config: Path, run_dir: Path, *extra: str) -> None:
     # Cityscapes' 512x1024 slide windows would be padded around the 64x64 images
     data = ["--data.init_args.crop_size=[64,64]", "--data.init_args.scale=null", "--data.init_args.test_scale=null",
             "--model.init_args.inference.mode=whole"]
+    if "lip_flip" in config.read_text():  # the flip test swaps classes 14..19: synthetic scenes of LIP's 20 classes
+        data.append("--data.init_args.num_classes=20")
     main(["fit", "--config", str(config), "--data", TINY_DATA, *data, "--trainer.fast_dev_run=true",
           "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
           "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={run_dir}",
