@@ -159,6 +159,24 @@ def lip_tree(root: Path, shape: tuple[int, int] = (10, 8)) -> dict[tuple[str, st
     return stored
 
 
+def cihp_tree(root: Path, shape: tuple[int, int] = (8, 10)) -> dict[tuple[str, str], np.ndarray]:
+    """``instance-level_human_parsing/{Training,Validation}/{Images/*.jpg,Category_ids/*.png}`` (LIP's 0..19 and
+    255), with the release's other folders (``Instance_ids``, ``Human_ids``, ``Instances``) beside them."""
+    stored = {}
+    for split, folder, count in (("train", "Training", 3), ("val", "Validation", 2)):
+        base = root / "instance-level_human_parsing" / folder
+        for index in range(count):
+            name = f"{index:07d}"
+            label = labels_with_values([*range(20), 255], shape, seed=index + 11)
+            write_image(base / "Images" / f"{name}.jpg", shape, index)
+            write_png(base / "Category_ids" / f"{name}.png", label)
+            write_png(base / "Instance_ids" / f"{name}.png", label)
+            write_png(base / "Human_ids" / f"{name}.png", label)
+            stored[(split, name)] = label
+        (base / f"{folder.lower()}_id.txt").write_text("".join(f"{i:07d}\n" for i in range(count)))
+    return stored
+
+
 # VSPW videos of the tiny tree: (split, video, frames); "static" repeats one frame (the same-augmentation test)
 VSPW_VIDEOS = (("train", "1001_train_a", 3), ("train", "1002_static", 2), ("val", "2001_val_long", 17),
                ("val", "2002_val_short", 3))

@@ -14,6 +14,7 @@ from dataset_trees import (
     CITYSCAPES_OFFICIAL,
     COCO_UNUSED_0_BASED,
     ade20k_tree,
+    cihp_tree,
     cityscapes_tree,
     coco_stuff10k_tree,
     coco_stuff164k_tree,
@@ -25,6 +26,7 @@ from dataset_trees import (
 
 from segcentroids.data import (
     ADE20KDataModule,
+    CIHPDataModule,
     CityscapesDataModule,
     COCOStuff10kDataModule,
     COCOStuff164kDataModule,
@@ -252,6 +254,39 @@ def test_lip_training_flip_swaps_left_and_right(tmp_path: Path) -> None:
         expected = apply_rule(lambda v: swap.get(v, v), raw[:, ::-1])
         np.testing.assert_array_equal(item["mask"].numpy(), expected)
         assert any(isinstance(t, LeftRightFlip) for t in data.datasets["train"].transform.transforms)
+
+
+def test_cityscapes_train_plus_val(tmp_path: Path) -> None:
+    """`train_split="train+val"` (MCIBI Table 8) trains on the 4 train and 4 val images of the tree; val stays val."""
+    stored = cityscapes_tree(tmp_path)
+    data = CityscapesDataModule(root=tmp_path, num_workers=0, train_split="train+val")
+    names = sorted(image.name.removesuffix("_leftImg8bit.png") for image, _ in data.list_split("train"))
+    assert names == sorted(name for _, name in stored) and len(names) == 8
+    assert len(data.list_split("val")) == 4
+    assert len(CityscapesDataModule(root=tmp_path, num_workers=0).list_split("train")) == 4
+    with pytest.raises(ValueError, match="train_split"):
+        CityscapesDataModule(root=tmp_path, train_split="trainval")
+
+
+def test_cihp_tree_as_stored_with_lip_flip(tmp_path: Path) -> None:
+    stored = cihp_tree(tmp_path)
+    data = CIHPDataModule(root=tmp_path, num_workers=0, check_files=True)
+    assert data.num_classes == 20 and data.class_names[14:16] == ["left-arm", "right-arm"]
+    assert_split_matches(load_split(data, "val"), stored, "val", lambda v: v)
+    assert [image.stem for image, _ in data.list_split("train")] == ["0000000", "0000001", "0000002"]
+    assert all(label.parent.name == "Category_ids" for _, label in data.list_split("test"))
+    assert isinstance(data.flip_transform(), LeftRightFlip)
+    assert LeftRightFlip().pairs == ((14, 15), (16, 17), (18, 19))
+
+
+def test_cihp_trains_on_lip_with_train_root(tmp_path: Path) -> None:
+    """MCIBI Table 4: the train split from a LIP tree, val and test from CIHP."""
+    cihp_tree(tmp_path / "cihp")
+    lip = lip_tree(tmp_path / "lip")
+    data = CIHPDataModule(root=tmp_path / "cihp", train_root=tmp_path / "lip", num_workers=0)
+    assert sorted(image.stem for image, _ in data.list_split("train")) == sorted(
+        name for split, name in lip if split == "train")
+    assert len(data.list_split("val")) == 2 and all("Validation" in str(image) for image, _ in data.list_split("val"))
 
 
 def test_left_right_flip_on_wide_masks() -> None:

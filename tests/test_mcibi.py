@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -552,6 +553,8 @@ def _fast_dev_run(config: Path, run_dir: Path, *extra: str) -> None:
     # Cityscapes' 512x1024 slide windows would be padded around the 64x64 images
     data = ["--data.init_args.crop_size=[64,64]", "--data.init_args.scale=null", "--data.init_args.test_scale=null",
             "--model.init_args.inference.mode=whole"]
+    if "lip_flip" in config.read_text():  # the flip test swaps classes 14..19: synthetic scenes of LIP's 20 classes
+        data.append("--data.init_args.num_classes=20")
     main(["fit", "--config", str(config), "--data", TINY_DATA, *data, "--trainer.fast_dev_run=true",
           "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
           "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={run_dir}",
@@ -581,6 +584,11 @@ def test_baseline_row_switches_the_class(tmp_path: Path, capsys: pytest.CaptureF
     assert "memory_channels" not in printed["model"]["init_args"]
 
 
+SMALL_STAND_INS = {"tu-resnest101e": "tu-resnest14d", "tu-hrnet_w48": "tu-hrnet_w18_small",
+                   "tu-vit_large_patch16_384": "tu-vit_tiny_patch16_224", "resnet50": "resnet18"}
+"""The tables' backbones, built small here (same family)."""
+
+
 @pytest.mark.parametrize("table", ABLATIONS, ids=[t.stem for t in ABLATIONS])
 def test_ablation_rows_are_mcibi_overrides(table: Path):
     """Every row is the base config plus constructor switches: build each row's model (tiny) from its overrides."""
@@ -603,8 +611,11 @@ def test_ablation_rows_are_mcibi_overrides(table: Path):
             if key == "model.class_path":
                 assert value == "segcentroids.methods.Baseline"
                 method = Baseline
+            elif key in ("data", "model.init_args.inference"):  # another data / test protocol file
+                assert (ROOT / value).is_file(), override
             elif key.startswith("model.init_args.segmodel.init_args."):
-                seg[key.rsplit(".", 1)[1]] = yaml.safe_load(value)
+                name, parsed = key.rsplit(".", 1)[1], yaml.safe_load(value)
+                seg[name] = SMALL_STAND_INS.get(parsed, parsed) if name == "encoder_name" else parsed
             else:
                 name = key.removeprefix("model.init_args.")
                 assert name in arguments, override
@@ -630,3 +641,114 @@ def test_fcn_mcibi_leaves_the_given_segmodel_and_loads_checkpoints_with_the_old_
     state["memory_momentum"] = state.pop("memory.momentum").clone().fill_(0.3)  # a checkpoint from before
     model.load_state_dict(state)
     assert model.memory.momentum.item() == pytest.approx(0.3)
+
+
+# ----------------------------------------------------------------------------- where R is built (memory_input)
+@pytest.mark.parametrize(("encoder", "stages"), [("resnet18", [64, 128, 256, 512]),
+                                                  ("tu-hrnet_w18_small", [16, 32, 64, 128])])
+def test_hrnet_concat_builds_r_memory_and_dca_at_stride_4(encoder: str, stages: list[int]):
+    """`memory_input="hrnet_concat"` (Tables 7-8 on HRNetV2-W48): R's bottleneck reads the stride 4-32 stages,
+    upsampled to stride 4 and concatenated (sum of the stage channels), so R, H1's logits and the output are at
+    stride 4; its value is the bottleneck applied to that concatenation written out here."""
+    torch.manual_seed(0)
+    segmodel = SegModel(**tiny_segmodel_args("deeplabv3", encoder_name=encoder, output_stride=4))
+    model = MCIBI(segmodel=segmodel, num_classes=4, memory_channels=16, transform_channels=8,
+                  memory_input="hrnet_concat").eval()
+    assert model.bottleneck[0].in_channels == sum(stages)
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        features = model.segmodel(images)
+        outputs = model.head_outputs(features)
+        pyramid = features["encoder"]
+        assert [f.shape[1] for f in pyramid[2:]] == stages
+        quarter = pyramid[2].shape[-2:]
+        concat = torch.cat([pyramid[2], *(torch.nn.functional.interpolate(f, size=quarter, mode="bilinear")
+                                          for f in pyramid[3:])], dim=1)
+        expected = model.bottleneck(concat)
+    assert quarter == (16, 24)
+    assert outputs["memory_features"].shape == (2, 16, 16, 24)
+    assert outputs["class_logits"].shape == (2, 4, 16, 24) and outputs["logits"].shape == (2, 4, 16, 24)
+    torch.testing.assert_close(outputs["memory_features"], expected)
+    torch.testing.assert_close(model.memory_features(images), expected)
+
+
+def test_encoder_last_reads_the_deepest_stage_and_bad_memory_input_names_the_key():
+    model = _model("fcn").eval()  # dilated ResNet-18, stride 8: C5
+    assert model.memory_input == "encoder_last" and model.bottleneck[0].in_channels == 512
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        deepest = model.segmodel(images)["encoder"][-1]
+        torch.testing.assert_close(model.memory_features(images), model.bottleneck(deepest))
+    assert model.memory_features(images).shape[-2:] == (4, 4)
+    with pytest.raises(ValueError, match="memory_input"):
+        _model(memory_input="c5")
+
+
+# ------------------------------------------------------------------------------------------ Fig. 3: t-SNE
+def test_image_class_means_by_hand():
+    from segcentroids.callbacks.tsne import image_class_means
+
+    features = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])  # [1, 1, 2, 2]
+    labels = torch.tensor([[[0, 0], [2, 255]]])
+    means, present = image_class_means(features, labels, num_classes=3, ignore_index=255)
+    assert present.tolist() == [[True, False, True]]
+    assert means[0, :, 0].tolist() == [2.0, 0.0, 5.0]
+
+
+def test_feature_tsne_writes_a_png_with_one_point_per_image_class(tmp_path: Path):
+    """Fig. 3 on a tiny run: the PNG holds one point per (validation image, class present) pair, counted here from
+    the validation masks, plus one star per initialised memory row, and a legend of the classes."""
+    from PIL import Image
+
+    from segcentroids.callbacks import FeatureTSNE
+
+    L.seed_everything(0)
+    data = UnshuffledData(num_classes=4, image_size=(32, 32), train_size=4, val_size=3, test_size=2, batch_size=2,
+                          val_batch_size=2, num_workers=0, ratio_range=(1.0, 1.0), flip_prob=0.0, photometric=False)
+    tsne = FeatureTSNE(resolution="label", perplexity=2.0)
+    model = _model(dropout=0.0)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[tsne],
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    pairs = sum(len(set(batch["mask"][i].unique().tolist()) - {255})
+                for batch in data.val_dataloader() for i in range(len(batch["mask"])))
+    assert tsne.last_path is not None and tsne.last_path.parent == tmp_path / "tsne"
+    image = Image.open(tsne.last_path)
+    assert image.format == "PNG" and image.width > 200 and image.height > 200
+    assert int(image.info["points"]) == pairs > 3
+    assert int(image.info["memory_points"]) == int(model.memory.initialized.sum()) > 0
+    assert json.loads(image.info["classes"]) == data.class_names[:4]
+    pixels = np.asarray(image.convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 4  # not a blank canvas
+
+
+def test_feature_tsne_bad_options_name_the_key():
+    from segcentroids.callbacks import FeatureTSNE
+
+    with pytest.raises(ValueError, match="resolution"):
+        FeatureTSNE(resolution="pixel")
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        FeatureTSNE(every_n_epochs=0)
+
+
+def test_table2_full_model_and_table5_fcn_mcibi_are_the_same_run():
+    """Both tables quote 42.84 for FCN+MCIBI on ADE20K: same base, same switches once the defaults are filled in."""
+    import inspect
+
+    from segcentroids.ablate import load_ablation
+
+    defaults = {name: p.default for name, p in inspect.signature(MCIBI.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    def settings(table: str, row: str) -> tuple[list[str], dict]:
+        ablation = load_ablation(ROOT / "configs" / "ablations" / "mcibi" / table)
+        args = dict(defaults)
+        for override in [*ablation.overrides, *ablation.row(row).overrides]:
+            key, value = override.removeprefix("--model.init_args.").split("=", 1)
+            args[key] = yaml.safe_load(value)
+        return ablation.base, args
+
+    assert settings("table2_memory.yaml", "cosine + poly + RCL") == settings("table5_frameworks_ade20k.yaml",
+                                                                             "FCN+MCIBI")
+    assert settings("table2_memory.yaml", "cosine + poly + RCL")[1]["memory_init"] == "random_pixel"

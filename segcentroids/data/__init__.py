@@ -4,6 +4,7 @@ from segcentroids.data.ade20k import ADE20KDataModule
 from segcentroids.data.ade20k_full import ADE20KFullDataModule
 from segcentroids.data.base import ImageFolderDataset, SegDataModule, SegDataset
 from segcentroids.data.camvid import CamVidDataModule
+from segcentroids.data.cihp import CIHPDataModule
 from segcentroids.data.cityscapes import CityscapesDataModule
 from segcentroids.data.coco_lvis import COCOLVISDataModule
 from segcentroids.data.coco_stuff import COCOStuff10kDataModule, COCOStuff164kDataModule
@@ -25,6 +26,7 @@ __all__ = [
     "ADE20KFullDataModule",
     "COCOStuff10kDataModule",
     "COCOStuff164kDataModule",
+    "CIHPDataModule",
     "CityscapesDataModule",
     "COCOLVISDataModule",
     "LIPDataModule",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from segcentroids.data.base import SegDataModule, map_with_table, read_label
+from segcentroids.data.base import FilePair, SegDataModule, map_with_table, read_label
 from segcentroids.data.labels import table_from_ids
 from segcentroids.data.layouts import SplitScan, scan_folders
 
@@ -20,6 +20,9 @@ CITYSCAPES_TRAIN_ID_TABLE = table_from_ids(range(19))
 IMAGE_SUFFIX = "_leftImg8bit.png"
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
+TRAIN_SPLITS = {"train": ("train",), "train+val": ("train", "val")}
+"""What ``train_split`` trains on: the 2,975 train images, or train and val together (2,975 + 500; MCIBI Table 8,
+the test-server entries)."""
 
 
 class CityscapesDataModule(SegDataModule):
@@ -29,6 +32,9 @@ class CityscapesDataModule(SegDataModule):
     (0..18, 255; made by cityscapesScripts' ``createTrainIdLabelImgs``), else ``*_gtFine_labelIds.png`` mapped by the
     official table. Defaults are the paper protocol: 512x1024 crops of images resized to fit (2048, 1024) times a
     ratio in [0.5, 2]; test at the stored 1024x2048 with slide inference (see ``configs/data/cityscapes.yaml``).
+
+    ``train_split``: ``"train"`` or ``"train+val"`` (the fine train and val images together, for test-server runs such
+    as MCIBI Table 8); validation still reads val.
     """
 
     CLASS_NAMES = (
@@ -49,9 +55,23 @@ class CityscapesDataModule(SegDataModule):
         crop_size: int | tuple[int, int] = (512, 1024),
         scale: tuple[int, int] | None = (2048, 1024),
         test_scale: tuple[int, int] | None = (2048, 1024),
+        train_split: Literal["train", "train+val"] = "train",
         **kwargs: Any,
     ) -> None:
+        if train_split not in TRAIN_SPLITS:
+            raise ValueError(f"CityscapesDataModule: train_split must be one of {list(TRAIN_SPLITS)}, got "
+                             f"{train_split!r}")
         super().__init__(root=root, crop_size=crop_size, scale=scale, test_scale=test_scale, **kwargs)
+        self.train_split = train_split
+
+    def list_split(self, split: str) -> list[FilePair]:
+        """The pairs of ``split``; "train" with ``train_split="train+val"`` is the train pairs then the val pairs."""
+        if split != "train":
+            return super().list_split(split)
+        pairs: list[FilePair] = []
+        for folder in TRAIN_SPLITS[self.train_split]:  # one or two folders
+            pairs += super().list_split(folder)
+        return pairs
 
     def scan_split(self, split: str) -> SplitScan:
         """Pairs over the city subfolders of ``split``, preferring ``_labelTrainIds.png`` over ``_labelIds.png``."""

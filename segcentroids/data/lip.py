@@ -26,6 +26,12 @@ def swap_table(pairs: Sequence[Sequence[int]]) -> np.ndarray:
     return table
 
 
+def scan_lip(root: Path, folder: str) -> SplitScan:
+    """LIP's pairs ``<root>/<folder>_images/<name>.jpg`` + ``<root>/<folder>_segmentations/<name>.png``."""
+    images, labels = root / f"{folder}_images", root / f"{folder}_segmentations"
+    return scan_folders(images, labels, (".jpg", ".jpeg", ".png"), (".png",))
+
+
 class LeftRightFlip(A.HorizontalFlip):
     """Horizontal flip that also exchanges the class ids of each ``(left, right)`` pair in the mask.
 
@@ -86,10 +92,7 @@ class LIPDataModule(SegDataModule):
         """Pairs ``<folder>_images/<name>.jpg`` with ``<folder>_segmentations/<name>.png``."""
         if split not in self.SPLIT_FOLDERS:
             raise ValueError(f"LIP split must be one of {sorted(self.SPLIT_FOLDERS)}, got {split!r}")
-        folder = self.SPLIT_FOLDERS[split]
-        return scan_folders(
-            self.root / f"{folder}_images", self.root / f"{folder}_segmentations", (".jpg", ".jpeg", ".png"), (".png",)
-        )
+        return scan_lip(self.root, self.SPLIT_FOLDERS[split])
 
 
     @staticmethod

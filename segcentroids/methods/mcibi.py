@@ -18,12 +18,18 @@ from segcentroids.callbacks.memory import MemoryInitialization, MemorySimilarity
 from segcentroids.callbacks.momentum import MomentumSchedule
 from segcentroids.losses.memory_consistency import representation_consistency_loss
 from segcentroids.methods.base import Baseline
+from segcentroids.models.decoders import ResizeConcat
+from segcentroids.models.encoders import ViTEncoder
 from segcentroids.nn.dataset_context import ClassHead, ContextFusion, DatasetContextAggregation
 from segcentroids.nn.memory import INITS, FeatureMemory
 
 MEMORY_INITS = (*INITS, "clustering")
 NO_CONTEXT_ARCHS = ("fcn", "identity")
 """SegModel archs without a within-image context module: MCIBI uses their encoder only (paper: FCN)."""
+MEMORY_INPUTS = ("encoder_last", "hrnet_concat")
+"""What the bottleneck that gives R reads: the deepest encoder stage (C5 of a dilated ResNet, stride 8) or the HRNetV2
+representation (every stride 4-32 stage resized to stride 4 and concatenated: R, the memory and the DCA at stride 4,
+as on HRNetV2-W48 in Tables 7-8)."""
 
 
 class MCIBI(Baseline):
@@ -33,6 +39,9 @@ class MCIBI(Baseline):
         alpha: weight of L_W, the loss of H1's class probabilities (Eq. 16, 19).
         beta: weight of L_M, the RCL loss (Eq. 17, 19).
         memory_channels: C, channels of R, of the memory and of the fused representation (paper: 512).
+        memory_input: the features R's 3x3 bottleneck reads (Eq. 1): `"encoder_last"`, the deepest encoder stage
+            (dilated ResNets: C5 at stride 8), or `"hrnet_concat"`, the HRNetV2 representation (the stride 4-32
+            stages upsampled to stride 4 and concatenated; HRNetV2-W48 in Tables 7-8: R at stride 4, 720 channels in).
         transform_channels: channels of the attention's query/key/value (paper: C / 2 = 256).
         fuse: F of Eq. 4, `"concat"` (paper), `"add"` or `"weighted_add"` (Table 1).
         context_within_image: use the SegModel's decoder output as C_wi (Eq. 3). None: yes unless the arch has no
@@ -63,6 +72,7 @@ class MCIBI(Baseline):
         alpha: float = 0.4,
         beta: float = 1.0,
         memory_channels: int = 512,
+        memory_input: Literal["encoder_last", "hrnet_concat"] = "encoder_last",
         transform_channels: int = 256,
         fuse: Literal["concat", "add", "weighted_add"] = "concat",
         context_within_image: bool | None = None,
@@ -92,11 +102,20 @@ class MCIBI(Baseline):
                 raise ValueError(f"MCIBI: {name} must be >= 1, got {value}")
         if memory_init not in MEMORY_INITS:
             raise ValueError(f"MCIBI: memory_init must be one of {list(MEMORY_INITS)}, got {memory_init!r}")
+        if memory_input not in MEMORY_INPUTS:
+            raise ValueError(f"MCIBI: memory_input must be one of {list(MEMORY_INPUTS)}, got {memory_input!r}")
         if rcl_start_step is not None and rcl_start_step < 0:
             raise ValueError(f"MCIBI: rcl_start_step must be >= 0 or None, got {rcl_start_step}")
         self.context_within_image = context_within_image
-        # R (Eq. 1): 3x3 conv-BN-ReLU bottleneck on the encoder's last stage
-        self.bottleneck = Conv2dReLU(self.segmodel.encoder_channels[-1], memory_channels, 3, padding=1)
+        # R (Eq. 1): 3x3 conv-BN-ReLU bottleneck on the encoder's last stage or on the HRNetV2 concatenation
+        if memory_input == "hrnet_concat" and isinstance(self.segmodel.encoder, ViTEncoder):
+            raise ValueError("MCIBI: memory_input='hrnet_concat' needs a multi-scale encoder (stride 4-32 stages); "
+                             "a plain ViT has one stride: use memory_input='encoder_last'")
+        self.memory_input = memory_input
+        self.stage_concat = ResizeConcat(self.segmodel.encoder_channels) if memory_input == "hrnet_concat" else None
+        bottleneck_in = (self.segmodel.encoder_channels[-1] if self.stage_concat is None
+                         else self.stage_concat.out_channels)
+        self.bottleneck = Conv2dReLU(bottleneck_in, memory_channels, 3, padding=1)
         self.memory = FeatureMemory(self.num_classes, memory_channels, weighting=weighting,
                                     update_resolution=update_resolution,
                                     init="first_batch_mean" if memory_init == "clustering" else memory_init,
@@ -126,12 +145,18 @@ class MCIBI(Baseline):
 
     def memory_features(self, images: Tensor) -> Tensor:
         """R (Eq. 1), the representations the memory is built from."""
-        return self.bottleneck(self.segmodel(images)["encoder"][-1])
+        return self.representations(self.segmodel(images)["encoder"])
+
+    def representations(self, pyramid: list[Tensor]) -> Tensor:
+        """R (Eq. 1): the bottleneck on the deepest stage (`memory_input="encoder_last"`) or on the stride-4
+        concatenation of the stride 4-32 stages (`"hrnet_concat"`)."""
+        source = pyramid[-1] if self.stage_concat is None else self.stage_concat(pyramid)
+        return self.bottleneck(source)
 
     def head_outputs(self, features: dict, labels: Tensor | None = None) -> dict[str, Tensor]:
         """R (Eq. 1), H1's logits (Eq. 11), R_aug = F(R, C_bi, C_wi) (Eq. 2-4) as `decoder` and H2's `logits`
         (Eq. 5). Inference uses `logits` only: no memory update, no RCL."""
-        representations = self.bottleneck(features["encoder"][-1])
+        representations = self.representations(features["encoder"])
         class_logits, beyond = self.dca(representations, self.memory.memory)
         within = features["decoder"] if self.context_within_image else None
         augmented = self.fusion(representations, beyond, within)
