@@ -177,6 +177,17 @@ def write_record(trainer: Any, name: str, record: dict[str, Any]) -> dict[str, A
     return record
 
 
+def write_metrics_file(trainer: Any, name: str, content: str | bytes) -> Path:
+    """Writes `content` (text or bytes) to `<trainer.default_root_dir>/metrics/<name>`, beside the records."""
+    path = Path(trainer.default_root_dir) / "metrics" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
 def tensorboard_of(trainer: Any) -> Any | None:
     """The TensorBoard writer of the trainer's logger (anything with `add_image`), or None."""
     logger = getattr(trainer, "logger", None)

@@ -42,11 +42,13 @@ def write_png(path: Path, label: np.ndarray) -> None:
     assert cv2.imwrite(str(path), label)
 
 
-def ade20k_tree(root: Path, shape: tuple[int, int] = (12, 16)) -> dict[tuple[str, str], np.ndarray]:
-    """``ADEChallengeData2016/{images,annotations}/{training,validation}``; labels 0..150 (0 = other)."""
+def ade20k_tree(root: Path, shape: tuple[int, int] = (12, 16), train_count: int = 3
+                ) -> dict[tuple[str, str], np.ndarray]:
+    """``ADEChallengeData2016/{images,annotations}/{training,validation}``; labels 0..150 (0 = other);
+    ``train_count`` training images and 2 validation images."""
     base = root / "ADEChallengeData2016"
     stored = {}
-    for split, folder, count in (("train", "training", 3), ("val", "validation", 2)):
+    for split, folder, count in (("train", "training", train_count), ("val", "validation", 2)):
         for index in range(count):
             name = f"ADE_{folder[:5]}_{index:08d}"
             values = list(range(0, 151)) if index == 0 else [0, 0, 0, 5, 150]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -397,7 +401,12 @@ def test_semantic_head_rejects_bad_options():
 
 # --------------------------------------------------------------------------------------------------- method
 from segcentroids.methods import SpecializeFuse  # noqa: E402
-from segcentroids.methods.specialize_fuse import format_level_table, level_report  # noqa: E402
+from segcentroids.methods.specialize_fuse import (  # noqa: E402
+    format_level_table,
+    format_per_class_levels,
+    level_report,
+    per_class_level_report,
+)
 
 
 class TinySeg(nn.Module):
@@ -536,8 +545,11 @@ def test_level_outputs_and_report():
     method = _method()
     with torch.no_grad():
         method.unity_head.output.bias.fill_(-30.0)
-    level, preds = method.level_outputs(torch.randn(2, 3, 32, 32), (32, 32))
+    images = torch.randn(2, 3, 32, 32)
+    level, preds, fused = method.level_outputs(images, (32, 32))
     assert level.shape == (2, 32, 32) and (level == 3).all() and preds.shape == (2, 4, 32, 32)
+    with torch.no_grad():  # the fused column is the whole-image prediction the evaluation makes
+        assert torch.equal(fused, method.infer(images, (32, 32)).argmax(1))
     confusion = torch.zeros(2, 2, 2, 2, dtype=torch.long)
     confusion[0, 0] = torch.tensor([[3, 1], [0, 4]])  # 8 pixels assigned to level 1, predicted by level 1
     confusion[0, 1] = torch.tensor([[4, 0], [0, 4]])
@@ -551,6 +563,75 @@ def test_level_outputs_and_report():
     assert report["mIoU"][0][1] == pytest.approx(0.0)  # class 0 predicted, absent: IoU0 = 0, IoU1 = 0
     assert report["mIoU"][1][1] == pytest.approx(100.0)  # class 0 absent from both: left out
     assert "| share % | 80.00 | 20.00 |" in format_level_table(report)
+
+
+def test_fig3_per_class_report_hand_case():
+    """Per-class IoU of each level over all pixels (the assigned levels summed) and of the fused output, by hand."""
+    confusion = torch.zeros(2, 2, 3, 3, dtype=torch.long)  # [assigned, predicting, gt, pred]
+    confusion[0, 0] = torch.tensor([[2, 0, 0], [1, 1, 0], [0, 0, 0]])
+    confusion[1, 0] = torch.tensor([[0, 0, 0], [0, 2, 0], [0, 0, 0]])
+    confusion[0, 1] = torch.tensor([[1, 1, 0], [0, 2, 0], [0, 0, 0]])
+    confusion[1, 1] = torch.tensor([[0, 0, 0], [0, 1, 1], [0, 0, 0]])
+    fused = torch.tensor([[2, 0, 0], [0, 4, 0], [0, 0, 0]])
+    report = per_class_level_report(confusion, fused, ["a", "b", "c"])
+    # level 1 over all pixels: [[2,0,0],[1,3,0],[0,0,0]] -> a 2/3, b 3/4, c absent from both (NaN)
+    # level 2 over all pixels: [[1,1,0],[0,3,1],[0,0,0]] -> a 1/2, b 3/5, c predicted once, never true: 0
+    assert report["levels"][0][:2] == pytest.approx([200 / 3, 75.0]) and math.isnan(report["levels"][0][2])
+    assert report["levels"][1] == pytest.approx([50.0, 60.0, 0.0])
+    assert report["fused"][:2] == pytest.approx([100.0, 100.0]) and math.isnan(report["fused"][2])
+    markdown, table = format_per_class_levels(report)
+    rows = list(csv.reader(io.StringIO(table)))
+    assert rows[0] == ["class", "fused", "level 1", "level 2", "level 1 - fused", "level 2 - fused"]
+    assert rows[1] == ["a", "100.00", "66.67", "50.00", "-33.33", "-50.00"]
+    assert rows[3] == ["c", "", "", "0.00", "", ""]
+    assert "| b | 100.00 | 75.00 | 60.00 | -25.00 | -40.00 |" in markdown
+
+
+def _numpy_iou(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class IoU in percent from a numpy confusion matrix (ignore 255 left out; NaN for an absent class)."""
+    valid = labels != 255
+    cm = np.bincount(num_classes * labels[valid] + preds[valid], minlength=num_classes**2).reshape(num_classes, -1)
+    tp = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, 100 * tp / union, np.nan)
+
+
+def test_fig3_per_class_iou_of_each_level_equals_a_numpy_confusion_matrix():
+    """Two test batches through the method's evaluation hooks: each level's and the fused per-class IoU equal a
+    numpy confusion matrix of the saved predictions; the CSV holds them, the PNG opens."""
+    from PIL import Image
+
+    method = _method(level_analysis=True, num_levels=3)
+    method.trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=lambda t, reduce_op: t), is_global_zero=True,
+                                     logger=None)
+    generator = torch.Generator().manual_seed(0)
+    saved = []
+    method.eval()
+    with torch.no_grad():
+        for _ in range(2):
+            images = torch.randn(2, 3, 32, 32, generator=generator)
+            labels = torch.randint(0, 3, (2, 32, 32), generator=generator)
+            labels[:, :4] = 255
+            preds, extras = method.evaluation_outputs(images, labels, "test")
+            method.update_method_metrics("test", labels, {"preds": preds, **extras})
+            saved.append((labels.numpy(), extras["level_preds"].numpy(), extras["level_fused"].numpy()))
+    scores = method.method_scores("test")
+    report = scores.records["levels_per_class"][0]
+    labels = np.concatenate([s[0] for s in saved])
+    for level in range(3):
+        level_preds = np.concatenate([s[1][:, level] for s in saved])
+        np.testing.assert_allclose(report["levels"][level], _numpy_iou(labels, level_preds, 3), rtol=1e-9)
+    fused = _numpy_iou(labels, np.concatenate([s[2] for s in saved]), 3)
+    np.testing.assert_allclose(report["fused"], fused, rtol=1e-9)
+    rows = list(csv.DictReader(io.StringIO(scores.files["levels_per_class.csv"])))
+    for k, row in enumerate(rows):
+        for level in range(3):
+            expected = report["levels"][level][k]
+            assert row[f"level {level + 1}"] == ("" if math.isnan(expected) else f"{expected:.2f}")
+    with Image.open(io.BytesIO(scores.files["levels_per_class.png"])) as image:
+        assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+        image.verify()
 
 
 # -------------------------------------------------------------------------------------------------- configs
@@ -597,18 +678,42 @@ def test_level_analysis_in_test_writes_table_9_and_the_level_map(tmp_path):
     assert len(report["mIoU"]) == 4 and all(len(row) == 4 for row in report["mIoU"])
     events = EventAccumulator(str(record), size_guidance={"images": 0}).Reload()
     assert "test/level_map" in events.Tags()["images"]
+    # Fig. 3: the per-class table and its plot; under whole-image single-scale inference the fused column is the
+    # evaluated prediction, so it equals the per-class IoU the run's own metric (torchmetrics' path) wrote
+    from PIL import Image
+
+    per_class = json.loads((record / "metrics/test_levels_per_class.json").read_text())
+    assert len(per_class["levels"]) == 4 and len(per_class["fused"]) == len(per_class["classes"])
+    main_iou = json.loads((record / "metrics/test.json").read_text())["IoU"]
+    with (record / "metrics/test_levels_per_class.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["class"] for row in rows] == list(main_iou)
+    for row in rows:
+        expected = main_iou[row["class"]]
+        assert (row["fused"] == "") if expected is None else float(row["fused"]) == pytest.approx(expected, abs=6e-3)
+    assert (record / "metrics/test_levels_per_class.md").read_text().startswith("| class | fused | level 1 |")
+    with Image.open(record / "metrics/test_levels_per_class.png") as image:
+        assert image.format == "PNG"
+        image.verify()
 
 
 @pytest.mark.parametrize("table", ABLATIONS, ids=lambda p: p.stem)
 def test_ablation_rows_are_constructor_switches(table):
     spec = yaml.safe_load(table.read_text())
     assert all((ROOT / base).is_file() for base in spec["base"])
-    assert set(spec["paper"]) == {row["name"] for row in spec["rows"]} and spec["baseline"] in spec["paper"]
+    names = {row["name"] for row in spec["rows"]}
+    assert spec["paper"] and set(spec["paper"]) <= names and spec["baseline"] in names
     for row in spec["rows"]:
-        kwargs = {}
+        kwargs, class_path = {}, None
         for arg in spec["overrides"] + row["overrides"]:
             key, value = arg.split("=", 1)
-            kwargs[key.removeprefix("--model.init_args.")] = yaml.safe_load(value)
+            if key == "--model.class_path":  # the state-of-the-art tables' Baseline rows
+                class_path = value
+            elif not key.startswith("--model.init_args.inference"):  # the test protocol (paper_tables runs it)
+                kwargs[key.removeprefix("--model.init_args.")] = yaml.safe_load(value)
+        if class_path is not None:
+            assert class_path == "segcentroids.methods.Baseline" and not kwargs, row
+            continue
         method = _method(**kwargs)
         _, losses = method.training_outputs(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))
         assert all(torch.isfinite(v) for v in losses.values())

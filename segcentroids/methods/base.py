@@ -21,7 +21,7 @@ from segcentroids.losses.extra import ExtraLoss, LossContext
 from segcentroids.metrics import SegmentationMetrics, format_table
 from segcentroids.models import SegModel
 from segcentroids.nn.heads import FCNHead
-from segcentroids.runs import scored_state, tensorboard_of, write_record
+from segcentroids.runs import scored_state, tensorboard_of, write_metrics_file, write_record
 
 
 @dataclass
@@ -61,10 +61,12 @@ class ParamGroupRule:
 @dataclass
 class MethodScores:
     """A method's own scores of one evaluation epoch: `scalars` are logged as `<split>/<name>`; each of `records`
-    (`name: (record, text)`) is written to `metrics/<split>_<name>.json` (NaN as null) and `text` printed."""
+    (`name: (record, text)`) is written to `metrics/<split>_<name>.json` (NaN as null) and `text` printed; each of
+    `files` (`file name: text or bytes`, e.g. a CSV table or a PNG plot) is written as `metrics/<split>_<file name>`."""
 
     scalars: dict[str, Tensor | float] = field(default_factory=dict)
     records: dict[str, tuple[dict, str]] = field(default_factory=dict)
+    files: dict[str, str | bytes] = field(default_factory=dict)
 
 
 OCR_REGION_WEIGHT = 0.4  # mmseg's OCRNet: CE on the soft object regions, weight 0.4
@@ -374,6 +376,8 @@ class Baseline(L.LightningModule):
             for name, (record, text) in extra.records.items():
                 print(f"\n[{split}] {text}", flush=True)
                 write_record(self.trainer, f"{split}_{name}", record)
+            for name, content in extra.files.items():
+                write_metrics_file(self.trainer, f"{split}_{name}", content)
 
     def _write_scores(self, split: str, scores: dict[str, Tensor], table: str) -> None:
         """Results to `<trainer.default_root_dir>/metrics/<split>.json` (the command's record folder, with what it

@@ -7,6 +7,10 @@ coarsest cell predicted unity.
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import io
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -72,8 +76,9 @@ class SpecializeFuse(Baseline):
             train_tau: threshold that calls a predicted cell unity in the `true_positive` relabelling (None = tau).
             fusion: Table 8: `fuse` (Eq. 2) or `finest` (the finest semantic level only, "aux. supervision").
             pool_sizes: PyramidPool grids (1, 3, 6, 8 -> 110 tokens).
-            level_analysis: in `test`, report which level each pixel is taken from, the per-level mIoU (Table 9)
-                and log a level-assignment map beside the prediction.
+            level_analysis: in `test`, report which level each pixel is taken from, the per-level mIoU (Table 9),
+                the per-class IoU of each level alone and of the fused output (Fig. 3: a table and a PNG plot, needs
+                matplotlib), and log a level-assignment map beside the prediction.
         """
         super().__init__(**kwargs)
         self.context = _choice("context", context, CONTEXTS)
@@ -85,6 +90,9 @@ class SpecializeFuse(Baseline):
                 raise ValueError(f"{key} must be in (0, 1], got {value}")
         self.tau = tau
         self.train_tau = tau if train_tau is None else train_tau
+        if level_analysis and importlib.util.find_spec("matplotlib") is None:
+            raise ImportError("level_analysis=true plots Fig. 3 with matplotlib, which is not installed: "
+                              "pip install 'segcentroids[plots]'")
         self.level_analysis = level_analysis
 
         in_channels, finest_stride = self.segmodel.out_channels, self.segmodel.output_stride
@@ -100,6 +108,7 @@ class SpecializeFuse(Baseline):
             self.fusion = "finest"  # a single output has nothing to fuse
         self.loss_weights["unity"] = 1.0  # Eq. 1: both terms weigh 1
         self._level_confusion: Tensor | None = None
+        self._fused_confusion: Tensor | None = None
 
     @staticmethod
     def _check_strides(num_levels: int, strides: list[int] | None, finest_stride: int) -> list[int]:
@@ -205,9 +214,11 @@ class SpecializeFuse(Baseline):
                 "unity": torch.stack([self._unity_bce(u, t) for u, t in zip(unity, unity_targets)]).mean()}
 
     # ------------------------------------------------------------------------------------ analysis (Table 9)
-    def level_outputs(self, images: Tensor, out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """The level each pixel is taken from (`[B, *out_size]`, 0 = coarsest) and every level's class prediction
-        (`[B, L, *out_size]`), resized to `out_size` like the fused output."""
+    def level_outputs(self, images: Tensor, out_size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        """The level each pixel is taken from (`[B, *out_size]`, 0 = coarsest), every level's class prediction
+        (`[B, L, *out_size]`) and the fused prediction of one whole-image pass (Eq. 2, `[B, *out_size]`: the
+        evaluated prediction itself under whole-image single-scale inference), all resized bilinearly to
+        `out_size` before the argmax."""
         h, w = images.shape[-2:]
         padded, _ = self._pad(images)
         _, semantic, unity = self.pyramid(padded)
@@ -220,29 +231,34 @@ class SpecializeFuse(Baseline):
             probs = F.interpolate(logits.float().softmax(1), size=size, mode="bilinear", align_corners=False)
             probs = F.interpolate(probs[..., :h, :w], size=out_size, mode="bilinear", align_corners=False)
             preds.append(probs.argmax(1))
-        return level, torch.stack(preds, dim=1)
+        fused = F.interpolate(self(images), size=out_size, mode="bilinear", align_corners=False).argmax(1)
+        return level, torch.stack(preds, dim=1), fused
 
     def _analyses_levels(self, split: str) -> bool:
         return split == "test" and self.level_analysis and self.unity_head is not None
 
     def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
-        """With `level_analysis` in test: also the level each pixel is taken from (`level`) and every level's
-        prediction (`level_preds`); the first batch's level map goes to TensorBoard."""
+        """With `level_analysis` in test: also the level each pixel is taken from (`level`), every level's
+        prediction (`level_preds`) and the fused prediction of that pass (`level_fused`); the first batch's level map
+        goes to TensorBoard."""
         preds, extras = super().evaluation_outputs(images, labels, split)
         if not self._analyses_levels(split):
             return preds, extras
-        level, level_preds = self.level_outputs(images, tuple(labels.shape[-2:]))
+        level, level_preds, fused = self.level_outputs(images, tuple(labels.shape[-2:]))
         if self._level_confusion is None:
             self._log_level_map(images[0], labels[0], preds[0], level[0])
-        return preds, {**extras, "level": level, "level_preds": level_preds}
+        return preds, {**extras, "level": level, "level_preds": level_preds, "level_fused": fused}
 
     def update_method_metrics(self, split: str, labels: Tensor, outputs: dict[str, Tensor]) -> None:
-        """Adds the batch to the per-level confusion matrices of Table 9."""
+        """Adds the batch to the per-level confusion matrices of Table 9 and to the fused output's (Fig. 3)."""
         if not self._analyses_levels(split):
             return
         confusion = level_confusion(outputs["level_preds"], outputs["level"], labels, self.num_classes,
                                     self.ignore_index)
+        fused = level_confusion(outputs["level_fused"][:, None], torch.zeros_like(outputs["level"]), labels,
+                                self.num_classes, self.ignore_index)[0, 0]
         self._level_confusion = confusion if self._level_confusion is None else self._level_confusion + confusion
+        self._fused_confusion = fused if self._fused_confusion is None else self._fused_confusion + fused
 
     def _log_level_map(self, image: Tensor, label: Tensor, pred: Tensor, level: Tensor) -> None:
         """TensorBoard image: input | ground truth | prediction | level map (dark = coarsest, yellow = finest)."""
@@ -262,15 +278,18 @@ class SpecializeFuse(Baseline):
         writer.add_image("test/level_map", np.concatenate(panels, 1), self.global_step, dataformats="HWC")
 
     def on_test_epoch_start(self) -> None:
-        self._level_confusion = None
+        self._level_confusion = self._fused_confusion = None
 
     def method_scores(self, split: str) -> MethodScores | None:
         """Table 9: the pixel share of each assigned level and the mIoU of each level's prediction on the pixels
-        assigned to each level (`level/share_l<l>`, `level/mIoU_l<l>_by_l<l'>`; record `<split>_levels.json`)."""
+        assigned to each level (`level/share_l<l>`, `level/mIoU_l<l>_by_l<l'>`; record `<split>_levels.json`).
+        Fig. 3: the per-class IoU of each level alone (over all pixels) and of the fused output, with the
+        difference level - fused (`<split>_levels_per_class.{json,md,csv,png}`)."""
         if not self._analyses_levels(split) or self._level_confusion is None:
             return None
         confusion = self.trainer.strategy.reduce(self._level_confusion.double(), reduce_op="sum").long()
-        self._level_confusion = None
+        fused = self.trainer.strategy.reduce(self._fused_confusion.double(), reduce_op="sum").long()
+        self._level_confusion = self._fused_confusion = None
         report = level_report(confusion)
         num_levels = len(self.strides)
         scalars = {f"level/share_l{assigned + 1}": report["share"][assigned] for assigned in range(num_levels)}
@@ -280,7 +299,16 @@ class SpecializeFuse(Baseline):
                 if value == value:  # not NaN
                     scalars[f"level/mIoU_l{assigned + 1}_by_l{predicting + 1}"] = value
         text = "level assignment (Table 9)\n" + format_level_table(report)
-        return MethodScores(scalars, {"levels": (report, text)})
+        per_class = per_class_level_report(confusion, fused, self.class_names)
+        markdown, table = format_per_class_levels(per_class)
+        name = f"{split}_levels_per_class"
+        files = {"levels_per_class.md": markdown, "levels_per_class.csv": table}
+        if self.trainer.is_global_zero:  # the plot is drawn once, where the files are written
+            files["levels_per_class.png"] = plot_per_class_levels(per_class)
+        records = {"levels": (report, text),
+                   "levels_per_class": (per_class, f"per-class IoU of each level and fused (Fig. 3): "
+                                                   f"metrics/{name}.{{json,md,csv,png}}")}
+        return MethodScores(scalars, records, files)
 
 
 def level_report(confusion: Tensor) -> dict:
@@ -304,4 +332,64 @@ def format_level_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SpecializeFuse", "format_level_table", "level_report"]
+def per_class_level_report(confusion: Tensor, fused_confusion: Tensor, class_names: Sequence[str]) -> dict:
+    """Fig. 3: per-class IoU (percent, NaN where a class has no pixel and no prediction) of each level's prediction
+    over all pixels, from the `[assigned, predicting, K, K]` level confusion summed over the assigned level, and of
+    the fused output from its `[K, K]` confusion: `{"classes", "fused": [K], "levels": [L][K]}`."""
+    levels = 100.0 * iou_from_confusion(confusion.sum(dim=0))
+    fused = 100.0 * iou_from_confusion(fused_confusion)
+    return {"classes": list(class_names), "fused": fused.tolist(), "levels": levels.tolist()}
+
+
+def format_per_class_levels(report: dict) -> tuple[str, str]:
+    """Markdown and CSV tables of `per_class_level_report`: one row per class, the fused IoU, each level's IoU and
+    each level's IoU minus the fused IoU (Fig. 3's "degradation"); empty cells where the IoU is undefined."""
+    num_levels = len(report["levels"])
+    header = ["class", "fused", *[f"level {i + 1}" for i in range(num_levels)],
+              *[f"level {i + 1} - fused" for i in range(num_levels)]]
+    rows = []
+    for k, name in enumerate(report["classes"]):
+        fused, levels = report["fused"][k], [report["levels"][i][k] for i in range(num_levels)]
+        rows.append([name, fused, *levels, *[level - fused for level in levels]])
+
+    def cell(value: object) -> str:
+        return value if isinstance(value, str) else ("" if value != value else f"{value:.2f}")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[cell(v) for v in row] for row in rows])
+    return "\n".join(lines) + "\n", stream.getvalue()
+
+
+def plot_per_class_levels(report: dict) -> bytes:
+    """Fig. 3 as a PNG: the fused output's per-class IoU (bars) over a heatmap of each level's IoU minus the fused
+    IoU per class (red: the level alone is worse; grey: undefined). Drawn with matplotlib's Agg canvas."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    classes, fused = report["classes"], np.array(report["fused"], dtype=float)
+    delta = np.array(report["levels"], dtype=float) - fused[None]
+    num_levels, num_classes = delta.shape
+    figure = Figure(figsize=(max(6.0, 0.16 * num_classes + 2.0), 2.0 + 0.4 * num_levels + 2.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    bars, heat = figure.subplots(2, 1, sharex=True, height_ratios=[2.0, 0.4 * num_levels + 0.5])
+    bars.bar(np.arange(num_classes), np.nan_to_num(fused), color="0.4")
+    bars.set_ylabel("fused IoU (%)")
+    bars.set_title("Per-class IoU of each pyramid level versus the fused output (Fig. 3)")
+    limit = max(float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 0.0, 1.0)
+    image = heat.imshow(np.ma.masked_invalid(delta), aspect="auto", cmap=colormaps["RdBu"].with_extremes(bad="0.8"),
+                        vmin=-limit, vmax=limit, interpolation="nearest")
+    heat.set_yticks(range(num_levels), [f"level {i + 1}" for i in range(num_levels)])
+    heat.set_xticks(range(num_classes), classes, rotation=90, fontsize=7)
+    figure.colorbar(image, ax=heat, label="level - fused IoU")
+    stream = io.BytesIO()
+    figure.savefig(stream, format="png", dpi=100)
+    return stream.getvalue()
+
+
+__all__ = ["SpecializeFuse", "format_level_table", "format_per_class_levels", "level_report",
+           "per_class_level_report", "plot_per_class_levels"]
