@@ -329,6 +329,11 @@ def test_diagnostics():
     _, stats = PNELoss(samples_per_set=2).compute(embeddings, logits, labels)
     assert stats["pairs"].item() == 2 and stats["anchors"].item() == 2
     assert stats["anchor_share"].item() == pytest.approx(2 / 7)
+    # Table 7's "standard deviation": the std of w over the sampled templates, S = 2 of each class (class 2 tiled)
+    p = math.e / (math.e + 2)  # pixels 3 and 4: logits (0, 1, 0)
+    scores = [0.6, 0.8, p, p, 2 / 3, 2 / 3]
+    mean = sum(scores) / 6
+    assert stats["weight_std"].item() == pytest.approx(math.sqrt(sum((w - mean) ** 2 for w in scores) / 5), rel=1e-5)
 
 
 def test_float32_under_autocast():
@@ -482,6 +487,7 @@ def test_diagnostics_are_logged(tmp_path):
     metrics = trainer.callback_metrics
     assert metrics["train/pne/pairs"] > 0 and metrics["train/pne/anchors"] > 0
     assert 0 < metrics["train/pne/anchor_share"] <= 1
+    assert 0 <= metrics["train/pne/weight_std"] <= 0.5  # softmax scores lie in [1/K, 1]
 
 
 # ---------------------------------------------------------------------------------------------------- configs

@@ -76,6 +76,7 @@ class _Templates:
     embeddings: Tensor  # [B*K, S, D], L2-normalised, no gradient
     weights: Tensor  # [B*K, S], the per-positive weights of Eq. 8
     ok: Tensor  # [B*K], the class has correct pixels in the image
+    score_std: Tensor  # the sample std of w over the sampled templates (Table 7's "standard deviation")
 
 
 @dataclass
@@ -112,6 +113,13 @@ def _rows(pixels: Tensor, flat: Tensor) -> Tensor:
     """L2-normalised embeddings of flat pixel indices `b * N + i` of `pixels` [B, N, D]."""
     N = pixels.shape[1]
     return F.normalize(pixels[flat // N, flat % N], dim=-1)
+
+
+def _masked_std(values: Tensor, mask: Tensor) -> Tensor:
+    """Sample standard deviation of `values` where `mask` holds (0 for fewer than two), without a host sync."""
+    count = mask.sum()
+    mean = torch.where(mask, values, 0).sum() / count.clamp_min(1)
+    return (torch.where(mask, values - mean, 0).square().sum() / (count - 1).clamp_min(1)).sqrt()
 
 
 def _union_share(predictions: _Predictions, sets: _SetIndex, template_ok: Tensor) -> tuple[Tensor, Tensor]:
@@ -214,7 +222,8 @@ class PNELoss(nn.Module):
     def compute(self, embeddings: Tensor, logits: Tensor, labels: Tensor,
                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss and its diagnostics (`pairs`: anchor sets that contributed, `anchors`: distinct anchor pixels
-        used, `anchor_share`: anchors / labelled pixels), all tensors (no host sync besides the set count)."""
+        used, `anchor_share`: anchors / labelled pixels, `weight_std`: the std of the positive scores w over the
+        sampled templates, Table 7's "standard deviation"), all tensors (no host sync besides the set count)."""
         if embeddings.ndim != 4 or logits.ndim != 4 or embeddings.shape[0] != logits.shape[0] \
                 or embeddings.shape[-2:] != logits.shape[-2:]:
             raise ValueError(f"embeddings [B, D, h, w] and logits [B, K, h, w] must share B, h, w; got "
@@ -236,7 +245,8 @@ class PNELoss(nn.Module):
         positive_sim, positive_weights = self._positives(anchors, sets, templates, chunks)
         log_negatives, negative_ok = self._log_negatives(anchors, pixels, sets, templates, anchor_sets, chunks)
         per_anchor = self._per_anchor(positive_sim, positive_weights, log_negatives)
-        return self._weighted_mean(per_anchor, negative_ok, chunks, predictions.valid)
+        loss, stats = self._weighted_mean(per_anchor, negative_ok, chunks, predictions.valid)
+        return loss, {**stats, "weight_std": templates.score_std}
 
     def _predictions(self, logits: Tensor, labels: Tensor) -> _Predictions:
         """Labels nearest-resampled to the feature resolution, predictions, their scores w and which are right."""
@@ -282,11 +292,12 @@ class PNELoss(nn.Module):
         template_ok = sets.counts[:sets.num_templates] > 0
         templates = _rows(pixels, template_pixels)  # [B*K, S, D]
         weights = score[template_pixels]  # [B*K, S]
+        score_std = _masked_std(weights, template_ok[:, None].expand_as(weights))
         if self.positive_weight == "normalized":
             weights = weights / weights.mean(dim=1, keepdim=True)
         elif self.positive_weight == "none":
             weights = torch.ones_like(weights)
-        return _Templates(templates, weights, template_ok)
+        return _Templates(templates, weights, template_ok, score_std)
 
     def _qualifying_sets(self, predictions: _Predictions, sets: _SetIndex, template_ok: Tensor) -> _AnchorSets:
         """Each anchor set's image and classes, whether its negative set exists and whether it qualifies."""
