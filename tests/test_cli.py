@@ -54,6 +54,9 @@ def test_validate_and_test_a_checkpoint(fitted_run: Path) -> None:
     (evaluation,) = (fitted_run / "eval").glob("test-last-*")
     record = json.loads((evaluation / "metrics" / "test.json").read_text())
     assert record["split"] == "test" and set(record) >= {"mIoU", "mAcc", "aAcc", "IoU", "Acc"}
+    confusion = cv2.imread(str(evaluation / "metrics" / "confusion_test.png"))  # the test split's confusion matrix
+    assert confusion is not None and min(confusion.shape[:2]) >= 400
+    assert f"confusion matrix: {evaluation / 'metrics' / 'confusion_test.png'}" in result.stdout
 
 
 def test_predict_writes_label_and_colour_pngs(fitted_run: Path, tmp_path: Path) -> None:
@@ -64,14 +67,21 @@ def test_predict_writes_label_and_colour_pngs(fitted_run: Path, tmp_path: Path) 
     for name, (h, w) in sizes.items():
         cv2.imwrite(str(images / f"{name}.png"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    run_script("predict", "--config", QUICKSTART, *tiny_overrides(fitted_run),
-               "--ckpt_path", str(fitted_run / "checkpoints" / "last.ckpt"),
-               f"--data.init_args.predict_dir={images}", f"--prediction_writer.output_dir={out}")
+    result = run_script("predict", "--config", QUICKSTART, *tiny_overrides(fitted_run),
+                        "--ckpt_path", str(fitted_run / "checkpoints" / "last.ckpt"),
+                        f"--data.init_args.predict_dir={images}", f"--prediction_writer.output_dir={out}",
+                        "--prediction_writer.overlay_alpha=0.25")
     for name, size in sizes.items():
         labels = cv2.imread(str(out / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         color = cv2.imread(str(out / "color" / f"{name}.png"))
         assert labels.shape == size and labels.max() < 8  # original size, valid train ids
         assert color.shape == (*size, 3)
+        # the overlay: a quarter colour map, three quarters input image
+        image = cv2.imread(str(images / f"{name}.png"))
+        expected = np.clip((0.25 * color.astype(np.float64) + 0.75 * image).round(), 0, 255)
+        overlay = cv2.imread(str(out / "overlay" / f"{name}.png"))
+        assert np.abs(overlay.astype(np.float64) - expected).max() <= 1
+    assert f"[predict] wrote 2 in {out / 'labels'}, 2 in {out / 'color'}, 2 in {out / 'overlay'}" in result.stdout
     assert not (out / "server").exists()  # synthetic labels are stored as train ids: nothing to convert
 
 

@@ -8,7 +8,16 @@ import numpy as np
 import torch
 
 from segcentroids.callbacks import ValidationImageLogger
-from segcentroids.callbacks.images import IMAGENET_MEAN, IMAGENET_STD, colorize, default_palette, denormalize
+from segcentroids.callbacks.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TITLE_HEIGHT,
+    class_legend,
+    colorize,
+    default_palette,
+    denormalize,
+    titled_panel,
+)
 
 
 def test_palette_is_distinct_and_colorize_blackens_ignore() -> None:
@@ -66,5 +75,25 @@ def test_logger_makes_three_panel_images_for_the_first_n() -> None:
     callback.on_validation_epoch_end(trainer, module)
     assert sorted(experiment.images) == ["val/images/0", "val/images/1", "val/images/2"]
     panel = experiment.images["val/images/0"]
-    assert panel.shape == (10, 36, 3)  # the input is resized to the label size, three panels side by side
-    assert tuple(panel[0, 12]) == default_palette(4)[1] and tuple(panel[0, 24]) == default_palette(4)[2]
+    body = panel[TITLE_HEIGHT : TITLE_HEIGHT + 10]  # below the title strip
+    assert body.shape == (10, 36, 3)  # the input is resized to the label size, three panels side by side
+    assert tuple(body[0, 12]) == default_palette(4)[1] and tuple(body[0, 24]) == default_palette(4)[2]
+
+
+def test_panels_have_titles_and_a_legend_of_the_classes_shown() -> None:
+    palette = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)]
+    label = np.array([[0, 0, 255], [1, 1, 255]])  # classes 0, 1 and ignore
+    pred = np.array([[0, 0, 1], [1, 1, 1]])
+    legend = class_legend([label, pred], palette, ["road", "car", "sky", "tree"], 255)
+    assert legend == [("road", palette[0]), ("car", palette[1])]
+    parts = [np.full((40, 120, 3), 128, dtype=np.uint8) for _ in range(3)]
+    panel = titled_panel(parts, ["input", "ground truth", "prediction"], legend)
+    assert panel.shape[1] == 360 and panel.shape[0] > TITLE_HEIGHT + 40
+    np.testing.assert_array_equal(panel[TITLE_HEIGHT : TITLE_HEIGHT + 40], np.concatenate(parts, axis=1))
+    header = panel[:TITLE_HEIGHT]
+    for left in (0, 120, 240):  # dark title text over each part
+        assert (header[:, left : left + 120] < 100).any()
+    strip = panel[TITLE_HEIGHT + 40 :]
+    colours = {tuple(c) for c in strip.reshape(-1, 3)}
+    assert tuple(palette[0]) in colours and tuple(palette[1]) in colours
+    assert tuple(palette[2]) not in colours and tuple(palette[3]) not in colours  # classes not shown: no swatch

@@ -79,3 +79,18 @@ def test_functional_core_and_table() -> None:
     assert scores["IoU"][0] == pytest.approx(75.0) and scores["IoU"][1] == 0.0
     table = format_table(scores, ["road", "sky"])
     assert "road" in table and "sky" in table and "mIoU" in table and "nan" in table
+
+
+def test_confusion_figure_normalises_each_ground_truth_row() -> None:
+    """Rows = ground truth, each divided by its class's pixels, in % (mmseg's confusion_matrix.py); an empty class
+    keeps a zero row; the cells carry the values."""
+    from segcentroids.plots import confusion_figure, row_normalized
+
+    confmat = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
+    expected = [[75, 25, 0], [0, 0, 0], [25, 25, 50]]
+    torch.testing.assert_close(row_normalized(confmat) * 100, torch.tensor(expected, dtype=torch.float64))
+    figure = confusion_figure(confmat, ["a", "b", "c"], "test confusion")
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.texts] == [str(v) for row in expected for v in row]
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["a", "b", "c"]
+    assert axes.get_xlabel() == "prediction" and axes.get_ylabel() == "ground truth"

@@ -224,6 +224,25 @@ def test_mlseg_video_shares_the_selection_within_a_clip() -> None:
                               model.training_outputs(images, labels)[0]["logits"], atol=1e-6)
 
 
+def test_clip_pooling_with_unequal_clips_in_any_order() -> None:
+    """Clips of 3 and 1 frames with interleaved ids: each frame gets its clip's mean, the union of its clip's
+    classes, and the multi-label loss weighs each clip once (the mean over clips, by hand)."""
+    from segcentroids.losses.asymmetric import AsymmetricLoss
+    from segcentroids.methods.mlseg_video import clip_mean, clip_shares, clip_union
+
+    clips = torch.tensor([7, 2, 7, 7])
+    values = torch.tensor([[1.0, 0.0], [5.0, 5.0], [2.0, 3.0], [3.0, 3.0]])
+    expected = torch.tensor([[2.0, 2.0], [5.0, 5.0], [2.0, 2.0], [2.0, 2.0]])
+    torch.testing.assert_close(clip_mean(values, clips), expected)
+    targets = torch.tensor([[1, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 0]])
+    union = torch.tensor([[1, 1, 0], [0, 0, 1], [1, 1, 0], [1, 1, 0]])
+    assert torch.equal(clip_union(targets, clips), union)
+    loss = AsymmetricLoss()
+    logits = clip_mean(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), clips)
+    per_clip = (loss(logits[[0]], union[[0]]) + loss(logits[[1]], union[[1]])) / 2
+    torch.testing.assert_close(loss(logits, union, clip_shares(clips)), per_clip)
+
+
 def test_mlseg_video_evaluates_clip_by_clip() -> None:
     from segcentroids.methods import MLSegVideo
 

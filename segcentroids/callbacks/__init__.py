@@ -11,5 +11,6 @@ from .on_exception import SaveOnException as SaveOnException
 from .prediction_writer import SegPredictionWriter as SegPredictionWriter
 from .requeue import SlurmRequeue as SlurmRequeue
 from .run_recorder import RunRecorder as RunRecorder
+from .speed import SpeedOptions as SpeedOptions
 from .tsne import FeatureTSNE as FeatureTSNE
 from .video_consistency import VideoConsistencyLogger as VideoConsistencyLogger

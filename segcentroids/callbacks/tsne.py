@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segcentroids.plots import new_figure
+
 RESOLUTIONS = ("label", "feature")
 
 
@@ -106,10 +108,7 @@ def write_tsne(path: Path, points: np.ndarray, classes: np.ndarray, memory: np.n
                class_names: list[str] | None = None, palette: list[tuple[int, int, int]] | None = None,
                perplexity: float = 30.0, seed: int = 0) -> Path:
     """t-SNE of `points` and `memory` rows together (2-D), scattered by class (memory rows as stars) into `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
     from sklearn.manifold import TSNE
 
     everything = np.concatenate([points, memory]).astype(np.float64)
@@ -123,12 +122,13 @@ def write_tsne(path: Path, points: np.ndarray, classes: np.ndarray, memory: np.n
     def colour(k: int) -> tuple[float, ...]:
         if palette is not None and k < len(palette):
             return tuple(v / 255 for v in palette[k])
-        return plt.get_cmap("tab20")(k % 20)
+        return colormaps["tab20"](k % 20)
 
     def name(k: int) -> str:
         return class_names[k] if class_names is not None and k < len(class_names) else str(k)
 
-    figure, axes = plt.subplots(figsize=(8, 8), dpi=100)
+    figure = new_figure(8, 8)
+    axes = figure.subplots()
     for k in present:
         mine = classes == k
         axes.scatter(pixels[mine, 0], pixels[mine, 1], s=8, color=colour(k), label=name(k))
@@ -141,6 +141,5 @@ def write_tsne(path: Path, points: np.ndarray, classes: np.ndarray, memory: np.n
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"points": str(len(points)), "memory_points": str(len(memory)),
                 "classes": json.dumps([name(k) for k in present])}
-    figure.savefig(path, bbox_inches="tight", metadata=metadata)
-    plt.close(figure)
+    figure.savefig(path, dpi=100, metadata=metadata)
     return path

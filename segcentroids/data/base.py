@@ -236,7 +236,8 @@ def apply_transform(transform: Callable, transform_mask: bool, image: np.ndarray
 
 
 class ImageFolderDataset(Dataset):
-    """Images to predict: ``{"image": float32 [3,H,W], "name": str, "orig_size": int64 [2] (H, W on disk)}``."""
+    """Images to predict: ``{"image": float32 [3,H,W], "name": str, "path": str, "orig_size": int64 [2] (H, W on
+    disk)}``."""
 
     def __init__(self, paths: Sequence[Path], transform: A.Compose) -> None:
         self.paths = list(paths)
@@ -250,6 +251,7 @@ class ImageFolderDataset(Dataset):
         return {
             "image": self.transform(image=image)["image"],
             "name": self.paths[index].stem,
+            "path": str(self.paths[index]),
             "orig_size": torch.tensor(image.shape[:2]),
         }
 

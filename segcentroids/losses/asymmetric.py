@@ -31,8 +31,9 @@ class AsymmetricLoss(nn.Module):
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
         self.focal_grad = focal_grad
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """`logits [B, K]`, `targets [B, K]` in {0, 1} -> scalar loss."""
+    def forward(self, logits: Tensor, targets: Tensor, row_weights: Tensor | None = None) -> Tensor:
+        """`logits [B, K]`, `targets [B, K]` in {0, 1} -> scalar loss; with `row_weights [B]` the mean over classes
+        of each row, averaged over the rows with those weights."""
         if logits.shape != targets.shape:
             raise ValueError(f"AsymmetricLoss: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} "
                              f"must have the same shape")
@@ -49,4 +50,7 @@ class AsymmetricLoss(nn.Module):
                 # scalar exponents: pow's gradient at a zero base stays finite (0 for exponent 0)
                 weight = targets * (1.0 - prob) ** self.gamma_pos + (1.0 - targets) * (1.0 - prob_neg) ** self.gamma_neg
                 loss = loss * weight
-        return -loss.mean()
+        if row_weights is None:
+            return -loss.mean()
+        row_weights = row_weights.float()
+        return -(loss.mean(dim=1) * row_weights).sum() / row_weights.sum()

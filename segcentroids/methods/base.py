@@ -21,6 +21,7 @@ from segcentroids.losses.extra import ExtraLoss, LossContext
 from segcentroids.metrics import SegmentationMetrics, format_table
 from segcentroids.models import SegModel
 from segcentroids.nn.heads import FCNHead
+from segcentroids.plots import confusion_figure, png_bytes, rgb_array
 from segcentroids.runs import scored_state, tensorboard_of, write_metrics_file, write_record
 
 
@@ -360,6 +361,7 @@ class Baseline(L.LightningModule):
 
     def _end_eval(self, split: str, metrics: SegmentationMetrics) -> None:
         scores = metrics.compute()
+        confmat = metrics.confmat.clone() if split == "test" else None
         metrics.reset()
         for key in ("mIoU", "mAcc", "aAcc"):
             self.log(f"{split}/{key}", scores[key], prog_bar=key == "mIoU")
@@ -372,6 +374,8 @@ class Baseline(L.LightningModule):
         table = format_table(scores, self.class_names)
         print(f"\n[{split}] epoch {self.current_epoch} step {self.global_step}\n{table}", flush=True)
         self._write_scores(split, scores, table)
+        if confmat is not None:
+            self._write_confusion(split, confmat)
         if extra is not None:
             for name, (record, text) in extra.records.items():
                 print(f"\n[{split}] {text}", flush=True)
@@ -397,6 +401,16 @@ class Baseline(L.LightningModule):
                 if value is not None:
                     writer.add_scalar(f"{split}/{kind}/{name}", value, self.global_step)
         writer.add_text(f"{split}/per_class", table.replace("\n", "  \n"), self.global_step)
+
+    def _write_confusion(self, split: str, confmat: Tensor) -> None:
+        """The split's confusion matrix, normalised per ground-truth class, as `metrics/confusion_<split>.png` and a
+        TensorBoard image."""
+        figure = confusion_figure(confmat, self.class_names, f"{split} confusion (step {self.global_step})")
+        path = write_metrics_file(self.trainer, f"confusion_{split}.png", png_bytes(figure))
+        print(f"[{split}] confusion matrix: {path}", flush=True)
+        writer = tensorboard_of(self.trainer)
+        if writer is not None:
+            writer.add_image(f"{split}/confusion", rgb_array(figure), self.global_step, dataformats="HWC")
 
     def on_validation_epoch_end(self) -> None:
         self._end_eval("val", self.val_metrics)

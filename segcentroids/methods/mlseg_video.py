@@ -21,13 +21,17 @@ from segcentroids.methods.mlseg import MLSeg
 from segcentroids.ops.selection import multi_hot_labels
 
 
+def same_clip(clips: Tensor) -> Tensor:
+    """`[B, B]` bool: frames i and j belong to one clip (`clips [B]`, any ids, in any order)."""
+    return clips[:, None] == clips[None, :]
+
+
 def clip_mean(values: Tensor, clips: Tensor) -> Tensor:
-    """Each row of `values [B, ...]` replaced by the mean of the rows of its clip (`clips [B]`, any ids)."""
-    _, inverse = torch.unique(clips, return_inverse=True)
-    count = int(inverse.max()) + 1
-    sums = values.new_zeros((count, *values.shape[1:])).index_add(0, inverse, values)
-    sizes = torch.bincount(inverse, minlength=count).to(values.dtype)
-    return (sums / sizes.view(-1, *[1] * (values.dim() - 1)))[inverse]
+    """Each row of `values [B, ...]` replaced by the mean of the rows of its clip: one `[B, B]` product (no host
+    sync, any clip sizes)."""
+    share = same_clip(clips).to(values.dtype)
+    pooled = share @ values.reshape(values.shape[0], -1) / share.sum(dim=1, keepdim=True)
+    return pooled.reshape(values.shape)
 
 
 def clip_union(targets: Tensor, clips: Tensor) -> Tensor:
@@ -35,12 +39,9 @@ def clip_union(targets: Tensor, clips: Tensor) -> Tensor:
     return (clip_mean(targets.float(), clips) > 0).to(targets.dtype)
 
 
-def first_of_clips(clips: Tensor) -> Tensor:
-    """Index of the first frame of each clip, in order of first appearance."""
-    _, inverse = torch.unique(clips, return_inverse=True)
-    positions = torch.arange(clips.numel(), device=clips.device)
-    first = torch.full((int(inverse.max()) + 1,), clips.numel(), device=clips.device, dtype=torch.long)
-    return first.scatter_reduce(0, inverse, positions, "amin").sort().values
+def clip_shares(clips: Tensor) -> Tensor:
+    """`[B]`: 1 / the number of frames of each frame's clip, so that every clip weighs 1 in a sum over frames."""
+    return 1.0 / same_clip(clips).sum(dim=1).float()
 
 
 class MLSegVideo(MLSeg):
@@ -108,14 +109,14 @@ class MLSegVideo(MLSeg):
         return super().select_and_classify(features, oracle_targets, multilabel_features, selector_scores)
 
     def method_losses(self, outputs: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
-        """`MLSeg`'s losses; the multi-label term is one row per clip against the union of its frames' classes."""
+        """`MLSeg`'s losses; the multi-label term weighs every clip once, its scores against the union of its frames'
+        classes (the frames of a clip share both, so this is the mean over clips)."""
         losses = super().method_losses(outputs, labels)
         clips = self._active_clips(labels.shape[0])
         if "multilabel_logits" in outputs and clips is not None:
             clips = clips.to(labels.device)
             targets = clip_union(multi_hot_labels(labels, self.num_classes, self.ignore_index), clips)
-            first = first_of_clips(clips)
-            losses["multilabel"] = self.multilabel_loss(outputs["multilabel_logits"][first], targets[first])
+            losses["multilabel"] = self.multilabel_loss(outputs["multilabel_logits"], targets, clip_shares(clips))
         return losses
 
     # ------------------------------------------------------------------------------------------------ the steps

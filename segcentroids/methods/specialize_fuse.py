@@ -8,7 +8,6 @@ coarsest cell predicted unity.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 from collections.abc import Sequence
 from typing import Literal
@@ -30,6 +29,7 @@ from segcentroids.ops.pyramid import (
     pyramid_targets,
     relabel_done_by_coarser,
 )
+from segcentroids.plots import new_figure, png_bytes
 from segcentroids.runs import tensorboard_of
 
 FUSIONS = ("fuse", "finest")
@@ -90,9 +90,6 @@ class SpecializeFuse(Baseline):
                 raise ValueError(f"{key} must be in (0, 1], got {value}")
         self.tau = tau
         self.train_tau = tau if train_tau is None else train_tau
-        if level_analysis and importlib.util.find_spec("matplotlib") is None:
-            raise ImportError("level_analysis=true plots Fig. 3 with matplotlib, which is not installed: "
-                              "pip install 'segcentroids[plots]'")
         self.level_analysis = level_analysis
 
         in_channels, finest_stride = self.segmodel.out_channels, self.segmodel.output_stride
@@ -368,14 +365,11 @@ def plot_per_class_levels(report: dict) -> bytes:
     """Fig. 3 as a PNG: the fused output's per-class IoU (bars) over a heatmap of each level's IoU minus the fused
     IoU per class (red: the level alone is worse; grey: undefined). Drawn with matplotlib's Agg canvas."""
     from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     classes, fused = report["classes"], np.array(report["fused"], dtype=float)
     delta = np.array(report["levels"], dtype=float) - fused[None]
     num_levels, num_classes = delta.shape
-    figure = Figure(figsize=(max(6.0, 0.16 * num_classes + 2.0), 2.0 + 0.4 * num_levels + 2.0), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(max(6.0, 0.16 * num_classes + 2.0), 2.0 + 0.4 * num_levels + 2.0)
     bars, heat = figure.subplots(2, 1, sharex=True, height_ratios=[2.0, 0.4 * num_levels + 0.5])
     bars.bar(np.arange(num_classes), np.nan_to_num(fused), color="0.4")
     bars.set_ylabel("fused IoU (%)")
@@ -386,9 +380,7 @@ def plot_per_class_levels(report: dict) -> bytes:
     heat.set_yticks(range(num_levels), [f"level {i + 1}" for i in range(num_levels)])
     heat.set_xticks(range(num_classes), classes, rotation=90, fontsize=7)
     figure.colorbar(image, ax=heat, label="level - fused IoU")
-    stream = io.BytesIO()
-    figure.savefig(stream, format="png", dpi=100)
-    return stream.getvalue()
+    return png_bytes(figure)
 
 
 __all__ = ["SpecializeFuse", "format_level_table", "format_per_class_levels", "level_report",
