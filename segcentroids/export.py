@@ -10,7 +10,9 @@ are left out of it; `training_only_names(method)` lists them.
 
 from __future__ import annotations
 
+import argparse
 import copy
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,7 +24,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from segcentroids.config_errors import load_class
 from segcentroids.methods import Baseline
+from segcentroids.runs import RunFolderError, read_checkpoint
 
 FORMATS = ("onnx", "torchscript", "exported_program")
 Format = Literal["onnx", "torchscript", "exported_program"]
@@ -30,6 +34,8 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts", "exported_program": ".pt2"}
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
+EXPORT_HELP = ("Export a trained model's whole-image inference graph (images -> logits at the image size) to ONNX, "
+               "TorchScript or a torch.export program (segcentroids export --help).")
 
 
 class InferenceGraph(nn.Module):
@@ -118,3 +124,61 @@ def _export_onnx(module: InferenceGraph, sample: Tensor, path: Path, opset: int)
         reason = str(error).splitlines()[0].split(" Please feel free")[0]
         raise ExportError(f"{type(module.method).__name__} has no ONNX graph at opset {opset}: {reason}; export "
                           f"it with --format torchscript or --format exported_program") from error
+
+
+# ------------------------------------------------------------------------------------------ segcentroids export
+def load_trained(method: Baseline, checkpoint_path: str | Path) -> Baseline:
+    """`method` with the weights of a Lightning checkpoint written for it; one line naming the file and the mismatch
+    (missing file, not a checkpoint, another method, other classes or shapes) otherwise."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    written = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    built = f"{type(method).__module__}.{type(method).__qualname__}"
+    if written and load_class(written) is not type(method):
+        raise RunFolderError(f"checkpoint {checkpoint_path} was written by {written}, but the config builds {built}")
+    try:
+        method.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        details = " ".join(line.strip() for line in str(error).splitlines()[1:])
+        raise RunFolderError(f"checkpoint {checkpoint_path} does not fit the {built} of the config: "
+                             f"{details}") from None
+    return method
+
+
+def build_method(config_args: list[str]) -> Baseline:
+    """The model the config files and overrides build, as `segcentroids test` builds it (DataModule facts linked)."""
+    from segcentroids.cli import SegCLI
+    from segcentroids.data import SegDataModule
+
+    cli = SegCLI(Baseline, SegDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                 args_list=config_args)
+    return cli.model
+
+
+def parse_export_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """`--ckpt_path`, `--format`, `--output`, `--opset`; the rest are the config arguments (`--config`, overrides)."""
+    parser = argparse.ArgumentParser(prog="segcentroids export", description=EXPORT_HELP, allow_abbrev=False)
+    parser.add_argument("--ckpt_path", required=True, help="the Lightning checkpoint whose weights are exported")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx | torchscript | exported_program")
+    parser.add_argument("--output", default=None,
+                        help="file to write (default: the checkpoint's path with .onnx / .ts / .pt2)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    args, config_args = parser.parse_known_args(argv)
+    if not any(arg == "--config" or arg.startswith("--config=") for arg in config_args):
+        parser.error("--config is required (the run's config.yaml, or the config files it was trained with)")
+    return args, config_args
+
+
+def main(argv: list[str]) -> int:
+    """`segcentroids export --config C --ckpt_path F --format onnx|torchscript|exported_program [--output P]
+    [--opset N] [config overrides]`: writes the inference graph and prints its path."""
+    args, config_args = parse_export_args(argv)
+    try:
+        read_checkpoint(args.ckpt_path)  # before building the model: a bad file fails in a second
+        method = load_trained(build_method(config_args), args.ckpt_path)
+        output = Path(args.output) if args.output else Path(args.ckpt_path).with_suffix(SUFFIXES[args.format])
+        written = export(method, args.format, output, opset=args.opset)
+    except (RunFolderError, ExportError) as error:
+        print(f"segcentroids export: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {written} ({args.format}, images [B, 3, H, W] -> logits [B, {method.num_classes}, H, W])")
+    return 0
