@@ -1,4 +1,5 @@
-"""The `segcentroids` command: LightningCLI with fit / validate / test / predict, plus `check-data`.
+"""The `segcentroids` command: LightningCLI with fit / validate / test / predict, plus `check-data`,
+`convert-coco-lvis` and `export`.
 
 A training run owns one folder, `trainer.default_root_dir` (default `runs/default`), whatever the logger; each
 command writes its own record in it and never over another's (the layout: `segcentroids.runs`).
@@ -20,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from segcentroids.callbacks import SaveOnException, SegPredictionWriter, ValidationImageLogger
 from segcentroids.config_errors import load_class, summarize
 from segcentroids.data import SegDataModule
+from segcentroids.export import EXPORT_HELP
 from segcentroids.methods import Baseline
 from segcentroids.models.pretrained import WeightsUnavailableError, causes, encoder_normalization
 from segcentroids.runs import (
@@ -177,8 +179,10 @@ class SegCLI(LightningCLI):
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
-        # `check-data` and `convert-coco-lvis` are dispatched by `main` before the parser; listed so `--help` shows them
-        for name, text in (("check-data", CHECK_DATA_HELP), ("convert-coco-lvis", CONVERT_COCO_LVIS_HELP)):
+        # `check-data`, `convert-coco-lvis` and `export` are dispatched by `main` before the parser; listed so
+        # `--help` shows them
+        for name, text in (("check-data", CHECK_DATA_HELP), ("convert-coco-lvis", CONVERT_COCO_LVIS_HELP),
+                           ("export", EXPORT_HELP)):
             parser._subcommands_action.add_subcommand(name, self.parser_class(description=text), help=text)
 
     # ------------------------------------------------------------------------------------------- the run folder
@@ -305,6 +309,10 @@ def main(args: list[str] | None = None) -> None:
         from segcentroids.data.convert_coco_lvis import main as convert_main
 
         raise SystemExit(convert_main(argv[1:]))
+    if argv and argv[0] == "export":
+        from segcentroids.export import main as export_main
+
+        raise SystemExit(export_main(argv[1:]))
     torch.set_float32_matmul_precision("high")
     try:
         SegCLI(

@@ -29,6 +29,7 @@ from segcentroids.ops.pyramid import (
     pyramid_targets,
     relabel_done_by_coarser,
 )
+from segcentroids.ops.tracing import is_tracing
 from segcentroids.plots import new_figure, png_bytes
 from segcentroids.runs import tensorboard_of
 
@@ -128,7 +129,7 @@ class SpecializeFuse(Baseline):
         coarsest = self.strides[0]
         h, w = images.shape[-2:]
         pad_h, pad_w = -h % coarsest, -w % coarsest
-        if pad_h == 0 and pad_w == 0:
+        if not is_tracing() and pad_h == 0 and pad_w == 0:  # traced: F.pad by 0 keeps the graph size-agnostic
             return images, labels
         images = F.pad(images, (0, pad_w, 0, pad_h))
         if labels is not None:

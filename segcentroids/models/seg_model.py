@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segcentroids.ops.tracing import is_tracing
+
 from .decoders import IdentityDecoder, ResizeConcat, build_decoder
 from .decoders.deeplabv3plus import ENCODER_STRIDE as DEEPLABV3PLUS_ENCODER_STRIDE
 from .encoders import ViTEncoder, build_encoder
@@ -111,13 +113,14 @@ class SegModel(nn.Module):
         """``images [B, in_channels, H, W]`` -> ``{"encoder": pyramid, "decoder": [B, out_channels, H/os, W/os]}``."""
         height, width = images.shape[-2:]
         pad_height, pad_width = -height % self.size_divisor, -width % self.size_divisor
-        if not (pad_height or pad_width):
+        if not is_tracing() and not (pad_height or pad_width):  # traced: the padding path, zero pad included
             return self._forward_features(images)
         padded_height, padded_width = height + pad_height, width + pad_width
 
         def crop(tensor: torch.Tensor) -> torch.Tensor:
             stride_h, stride_w = padded_height // tensor.shape[-2], padded_width // tensor.shape[-1]
-            return tensor[..., : -(-height // stride_h), : -(-width // stride_w)]
+            # ceil division with non-negative operands only: ONNX's integer Div truncates towards zero
+            return tensor[..., : (height + stride_h - 1) // stride_h, : (width + stride_w - 1) // stride_w]
 
         out = self._forward_features(F.pad(images, (0, pad_width, 0, pad_height)))
         return {name: [crop(f) for f in value] if name == "encoder" else crop(value) for name, value in out.items()}
