@@ -21,7 +21,8 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path) -> None:
     command = [sys.executable, str(BENCHMARKS / "gpu.py"), "--models", "fpn_r18_scratch_ch64", "--size", "32",
                "--batch", "2", "--classes", "4", "--repeats", "1", "--methods", "Baseline", "MCIBI",
                "--compile-backend", "aot_eager", "--json", str(out), "--markdown", str(tmp_path / "gpu.md")]
-    subprocess.run(command, check=True, cwd=BENCHMARKS, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"), capture_output=True, timeout=900)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    subprocess.run(command, check=True, cwd=BENCHMARKS, env=env, capture_output=True, timeout=900)
     result = json.loads(out.read_text())
     assert result["device_name"] == "cpu" and result["peak_bf16_tflops"] is None
     rows = {(row["method"], row["variant"]): row for row in result["rows"]}
