@@ -1,6 +1,6 @@
 """Hot ops: each vectorised op against a straightforward loop on the same inputs (equal outputs, speed ratio).
 
-    python benchmarks/kernels.py [--repeats 5] [--json kernels.json]
+    python benchmarks/kernels.py [--repeats 5] [--paper-shapes] [--json kernels.json]
 
 - memory update: `FeatureMemory.update` (MCIBI Eq. 6, label resolution) vs the per-class loop (boolean masks), from
   the same initialised memory (the case of `benchmarks/mcibi.py`);
@@ -8,7 +8,11 @@
 - pyramid targets: `ops.pyramid_targets` vs the per-cell loop;
 - grouped class means: `ops.grouped_class_means` vs the per-class, per-group masked means (the same random groups,
   drawn inside both timed calls).
-The loops are the tests' oracles (`tests/references.py`). Outputs must agree (max abs difference printed,
+`--paper-shapes` runs each op at the shapes of the paper configs (`PAPER_SHAPES`: MCIBI's memory on Cityscapes,
+batch 8 of 512x1024 at stride 8, 512 channels, and on ADE20K, batch 16 of 512x512, K = 150; PNE on Cityscapes at
+stride 8, D = 256; Specialize-and-Fuse's pyramid on ADE20K crops 512x512, batch 16, strides 32..4; MVSC's grouped means
+on ADE20K at stride 4, K = 150); the default shapes are small. The loops are the tests' oracles
+(`tests/references.py`). Outputs must agree (max abs difference printed,
 `torch.testing.assert_close` tolerances); timings alternate loop and vectorised (ABAB), medians. One thread.
 Prints JSON, then a Markdown table.
 """
@@ -38,11 +42,26 @@ def row(op: str, shape: str, loop_s: float, ours_s: float, diff: float) -> dict:
             "speedup": round(loop_s / ours_s, 1), "max_abs_diff": diff}
 
 
-def memory_update(repeats: int) -> dict:
+SMALL_SHAPES = {
+    "memory": [{"batch": 4, "channels": 256, "classes": 19, "feature": (32, 32), "image": (128, 128)}],
+    "pne": [{"B": 2, "K": 19, "h": 64, "w": 128, "D": 64}],
+    "pyramid": [{"batch": 2, "size": 192, "classes": 8}],
+    "means": [{"batch": 4, "dim": 128, "size": 64, "classes": 150, "groups": 4}],
+}
+PAPER_SHAPES = {
+    "memory": [{"batch": 8, "channels": 512, "classes": 19, "feature": (64, 128), "image": (512, 1024)},
+               {"batch": 16, "channels": 512, "classes": 150, "feature": (64, 64), "image": (512, 512)}],
+    "pne": [{"B": 8, "K": 19, "h": 64, "w": 128, "D": 256}],
+    "pyramid": [{"batch": 16, "size": 512, "classes": 150}],
+    "means": [{"batch": 16, "dim": 256, "size": 128, "classes": 150, "groups": 4}],
+}
+
+
+def memory_update(repeats: int, batch: int, channels: int, classes: int, feature: tuple[int, int],
+                  image: tuple[int, int]) -> dict:
     g = torch.Generator().manual_seed(0)
-    batch, channels, classes = 4, 256, 19
-    features = torch.randn(batch, channels, 32, 32, generator=g)
-    labels = blocky_labels(batch, 128, classes, g, block=16)
+    features = torch.randn(batch, channels, *feature, generator=g)
+    labels = blocky_labels(batch, image, classes, g, block=16)
     case = memory_case("label", features, labels, classes, repeats)  # ours vs the loop, from one initialised memory
     diff = case["max_abs_diff_vs_own_loop"]
     if diff > 1e-4:
@@ -50,8 +69,8 @@ def memory_update(repeats: int) -> dict:
     return row("FeatureMemory.update (label res.)", case["shape"], case["loop_ms"] / 1e3, case["ours_ms"] / 1e3, diff)
 
 
-def pne_loss(repeats: int) -> dict:
-    embeddings, logits, labels = realistic_case(B=2, K=19, h=64, w=128, D=64)
+def pne_loss(repeats: int, B: int, K: int, h: int, w: int, D: int) -> dict:
+    embeddings, logits, labels = realistic_case(B=B, K=K, h=h, w=w, D=D)
     options = {"samples_per_set": 100, "max_anchor_set": 199}
     loss = PNELoss(sampling="first", **options)
 
@@ -70,12 +89,12 @@ def pne_loss(repeats: int) -> dict:
     torch.testing.assert_close(ours_value, loop_value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours_grad, loop_grad, rtol=1e-4, atol=1e-7)
     diff = max(float((ours_value - loop_value).abs()), float((ours_grad - loop_grad).abs().max()))
-    return row("PNELoss fwd+bwd (pairs)", "B=2 K=19 D=64 64x128, S=100", loop_s, ours_s, diff)
+    return row("PNELoss fwd+bwd (pairs)", f"B={B} K={K} D={D} {h}x{w}, S=100", loop_s, ours_s, diff)
 
 
-def pyramid(repeats: int) -> dict:
+def pyramid(repeats: int, batch: int, size: int, classes: int) -> dict:
     g = torch.Generator().manual_seed(0)
-    labels = blocky_labels(2, 192, 8, g, block=12)  # blocks straddle cells: mixed, unity and ignore cells
+    labels = blocky_labels(batch, size, classes, g, block=12)  # blocks straddle cells: mixed, unity and ignore cells
     strides = [32, 16, 8, 4]
     loop_s, ours_s = abab(lambda: loop_pyramid_targets(labels, strides), lambda: pyramid_targets(labels, strides),
                           max(1, repeats // 2))
@@ -84,14 +103,13 @@ def pyramid(repeats: int) -> dict:
     for got, want in zip(fast[0] + fast[1], slow[0] + slow[1]):
         torch.testing.assert_close(got, want)
         diff = max(diff, float((got - want).abs().max()))
-    return row("pyramid_targets", "B=2 192x192, strides 32/16/8/4", loop_s, ours_s, diff)
+    return row("pyramid_targets", f"B={batch} {size}x{size}, strides 32/16/8/4", loop_s, ours_s, diff)
 
 
-def class_means(repeats: int) -> dict:
+def class_means(repeats: int, batch: int, dim: int, size: int, classes: int, groups: int) -> dict:
     g = torch.Generator().manual_seed(0)
-    batch, dim, classes, groups = 4, 128, 150, 4  # ADE20K's 150 classes at 1/4 of a 256 crop
-    features = torch.randn(batch, dim, 64, 64, generator=g)
-    labels = blocky_labels(batch, 64, classes, g, block=4)
+    features = torch.randn(batch, dim, size, size, generator=g)  # ADE20K's 150 classes at 1/4 of the crop
+    labels = blocky_labels(batch, size, classes, g, block=4)
     ours, _ = grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes)
     group = random_class_groups(labels, groups, classes, torch.Generator().manual_seed(0))
     loop = loop_grouped_class_means(features, labels, group, groups, classes)
@@ -102,17 +120,20 @@ def class_means(repeats: int) -> dict:
                                          groups, classes),
         lambda: grouped_class_means(features, labels, groups, torch.Generator().manual_seed(0), num_classes=classes),
         repeats)
-    return row("grouped_class_means", f"B={batch} D={dim} 64x64 K={classes} G={groups}", loop_s, ours_s,
+    return row("grouped_class_means", f"B={batch} D={dim} {size}x{size} K={classes} G={groups}", loop_s, ours_s,
                float((ours - loop).abs().max()))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--paper-shapes", action="store_true", help="the shapes of the paper configs")
     parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = [memory_update(args.repeats), pne_loss(args.repeats), pyramid(args.repeats), class_means(args.repeats)]
+    shapes = PAPER_SHAPES if args.paper_shapes else SMALL_SHAPES
+    ops = {"memory": memory_update, "pne": pne_loss, "pyramid": pyramid, "means": class_means}
+    rows = [ops[name](args.repeats, **shape) for name, cases in shapes.items() for shape in cases]
     print(json.dumps(rows, indent=2))
     print("| op | inputs | loop ms | vectorised ms | speed-up | max abs diff |\n|---|---|---|---|---|---|")
     for r in rows:

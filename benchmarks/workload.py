@@ -7,11 +7,12 @@ import torch
 from segcentroids.methods import Baseline
 
 
-def blocky_labels(batch: int, size: int, classes: int, generator: torch.Generator, block: int = 16,
-                  ignore_rows: int = 4) -> torch.Tensor:
-    """`[batch, size, size]` labels of `block` x `block` regions of random classes; the top `ignore_rows` rows are
-    ignore (255)."""
-    blocks = torch.randint(0, classes, (batch, size // block, size // block), generator=generator)
+def blocky_labels(batch: int, size: int | tuple[int, int], classes: int, generator: torch.Generator,
+                  block: int = 16, ignore_rows: int = 4) -> torch.Tensor:
+    """`[batch, H, W]` labels (`size` = H = W, or `(H, W)`) of `block` x `block` regions of random classes; the top
+    `ignore_rows` rows are ignore (255)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    blocks = torch.randint(0, classes, (batch, height // block, width // block), generator=generator)
     labels = blocks.repeat_interleave(block, 1).repeat_interleave(block, 2)
     labels[:, :ignore_rows] = 255
     return labels
