@@ -246,7 +246,8 @@ def test_predict_dir_items(tmp_path: Path) -> None:
     camvid_tree(tmp_path)
     data = CamVidDataModule(root=tmp_path, num_workers=0, predict_dir=tmp_path / "test")
     batch = next(iter(data.predict_dataloader()))
-    assert set(batch) == {"image", "name", "orig_size"} and batch["orig_size"].tolist() == [list(CAMVID_SHAPE)]
+    assert set(batch) == {"image", "name", "path", "orig_size"} and batch["orig_size"].tolist() == [list(CAMVID_SHAPE)]
+    assert batch["path"] == [str(tmp_path / "test" / f"{batch['name'][0]}.png")]  # the overlay reads the input
 
 
 # -------------------------------------------------------------------------------------------------- bad input
