@@ -561,3 +561,5 @@ def test_whole_image_predictions_in_rank_space_equal_the_argmax_of_the_class_log
         preds, _ = model.evaluation_outputs(images, labels, "val")
         expected = model.infer(images, (40, 36)).argmax(1)
     assert preds.shape == (2, 40, 36) and torch.equal(preds, expected)
+    with torch.no_grad():  # predict takes the same path, per image size
+        assert torch.equal(model.predict_labels(images, (40, 36)), expected)

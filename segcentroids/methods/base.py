@@ -422,5 +422,9 @@ class Baseline(L.LightningModule):
         """Label maps at each image's size on disk."""
         images = batch["image"]
         sizes = [tuple(int(v) for v in size) for size in batch["orig_size"]]
-        preds = [self.infer(images[i : i + 1], size).argmax(dim=1)[0] for i, size in enumerate(sizes)]
+        preds = [self.predict_labels(images[i : i + 1], size)[0] for i, size in enumerate(sizes)]
         return {"preds": preds, "name": batch["name"]}
+
+    def predict_labels(self, images: Tensor, size: tuple[int, int]) -> Tensor:
+        """Hook: label maps `[B, H, W]` at `size` under the test-time protocol (the argmax of `infer`'s logits)."""
+        return self.infer(images, size).argmax(dim=1)

@@ -248,6 +248,21 @@ class MLSeg(Baseline):
         return losses
 
     # --------------------------------------------------------------------------------------------- evaluation
+    def predict_labels(self, images: Tensor, size: tuple[int, int]) -> Tensor:
+        """`predict`: with one plain whole-image forward and label selection, the kappa rank maps are resized and
+        each pixel's best rank mapped to its class (no K-class logits at the image size); else the Baseline's."""
+        if not (self.label_selection and self.inference.mode == "whole" and not self.inference.augmented):
+            return super().predict_labels(images, size)
+        selections: list[Tensor] = []
+
+        def rank_logits(chunk: Tensor) -> Tensor:
+            outputs = self._head_outputs(self.extract_features(chunk), None)
+            selections.append(outputs["selected"])
+            return outputs["rank_logits"]
+
+        best_rank = infer(rank_logits, images, size, self.inference).argmax(dim=1)
+        return torch.cat(selections).gather(1, best_rank.flatten(1)).view_as(best_rank)
+
     def evaluation_outputs(self, images: Tensor, labels: Tensor, split: str) -> tuple[Tensor, dict[str, Tensor]]:
         """Predictions under the test-time protocol and, with MT, the batch's `multilabel_logits`: those of the
         inference forward when it is one plain whole-image forward per image, else of one more forward. With
