@@ -24,7 +24,7 @@ from segcentroids.ablate import (
     slugify,
     summarize,
 )
-from segcentroids.callbacks.run_recorder import inference_cost
+from segcentroids.callbacks.run_recorder import append_curves, inference_cost, read_curves
 from tests.conftest import CONFIGS, REPO, TINY_DATA
 
 ABLATION_FILES = sorted((CONFIGS / "ablations").rglob("*.yaml"))
@@ -32,6 +32,7 @@ TINY = [
     f"--data={TINY_DATA}", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_steps=2",
     "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false", "--model.init_args.segmodel.init_args.decoder_channels=16",
+    "--trainer.log_every_n_steps=1",
 ]
 
 
@@ -262,6 +263,23 @@ def test_runner_runs_rows_and_resumes(ablated: dict) -> None:
         assert record.parent.parent == run / "eval"
         logged = json.loads((record / "test_all.json").read_text())
         assert logged["test/mIoU"] == pytest.approx(json.loads((record / "test.json").read_text())["mIoU"], abs=1e-3)
+
+
+def test_runs_record_their_training_curves(ablated: dict) -> None:
+    curves = read_curves(ablated["out"] / "base" / "seed0")
+    assert set(curves["train/loss"]) == {1, 2} and set(curves["val/mIoU"]) == {2}
+    assert {"lr/encoder", "lr/decoder", "lr/head"} <= set(curves)
+    assert not (evaluation_folder(ablated["out"] / "base" / "seed0", "test") / "metrics" / "curves.csv").exists()
+
+
+def test_curves_of_a_resumed_fit_keep_the_last_value_of_a_step(tmp_path: Path) -> None:
+    append_curves(tmp_path, 10, {"train/loss": 2.0, "lr/head": 0.1})
+    append_curves(tmp_path, 20, {"train/loss": 1.5})
+    append_curves(tmp_path, 20, {"train/loss": 1.4})  # the resumed fit logs step 20 again
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "curves.csv").rename(tmp_path / "metrics" / "curves.csv")
+    assert read_curves(tmp_path) == {"train/loss": {10: 2.0, 20: 1.4}, "lr/head": {10: 0.1}}
+    assert read_curves(tmp_path / "nowhere") == {}
 
 
 def test_a_failing_row_is_reported_and_the_others_still_run(ablated: dict) -> None:
