@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -305,6 +307,50 @@ def test_table_holds_the_runs_metrics(ablated: dict) -> None:
     assert lines["broken"]["runs"] == "0/1" and lines["broken"]["test/mIoU"] == ""
     markdown = (out / "table.md").read_text()
     assert "| base (baseline) | 1/1 |" in markdown and "| broken | 0/1 | - |" in markdown
+
+
+def _svg_ids(path: Path, prefix: str) -> list[str]:
+    return re.findall(rf'id="({prefix}:[^"]*)"', path.read_text())
+
+
+def test_runner_writes_the_table_and_curve_figures(ablated: dict) -> None:
+    out = ablated["out"]
+    for name in ("table.png", "table.svg", "curves.png", "curves.svg"):
+        assert (out / name).stat().st_size > 1000, name
+    svg = (out / "table.svg").read_text()
+    assert "base (1/1)" in svg and "lower lr (1/1)" in svg and "broken (0/1)" in svg
+    # one point with error bars per finished row x metric, one paper point per number in the file
+    assert sorted(_svg_ids(out / "table.svg", "ours")) == sorted(
+        f"ours:{row}:{metric}" for row in ("base", "lower-lr") for metric in ("test/mIoU", "test/mAcc"))
+    assert sorted(_svg_ids(out / "table.svg", "paper")) == [
+        "paper:base:test/mIoU", "paper:lower-lr:test/mAcc", "paper:lower-lr:test/mIoU"]
+    with (out / "table.csv").open() as stream:
+        delta = float(next(line for line in csv.DictReader(stream) if line["row"] == "lower lr")["test/mIoU delta"])
+    assert f"{delta:+.2f}" in svg
+    assert sorted(_svg_ids(out / "curves.svg", "curve")) == sorted(
+        f"curve:{panel}:{row}" for panel in ("val/mIoU", "train/loss", "lr") for row in ("base", "lower-lr"))
+
+
+def test_report_rebuilds_the_table_and_figures_from_the_runs(ablated: dict, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(ablated["out"], out, ignore=shutil.ignore_patterns("*.ckpt"))
+    for name in ("table.md", "table.csv", "table.png", "table.svg", "curves.png", "curves.svg"):
+        (out / name).unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "table.md").read_text() == (ablated["out"] / "table.md").read_text()
+    assert (out / "table.csv").read_text() == (ablated["out"] / "table.csv").read_text()
+    assert all((out / name).is_file() for name in ("table.png", "table.svg", "curves.png", "curves.svg"))
+    assert "rebuilt from 3 runs" in capsys.readouterr().out
+
+
+def test_report_on_a_folder_without_runs_says_so_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert capsys.readouterr().err.splitlines()[0].startswith(f"error: {empty}: no ablation.yaml")
+    assert main(["report", str(empty), "--file", str(write_table(tmp_path))]) == 2
+    assert capsys.readouterr().err.splitlines()[0].startswith(f"error: {empty}: no runs of")
 
 
 def test_a_row_that_raises_after_parsing_is_reported_with_its_error(tmp_path: Path) -> None:
