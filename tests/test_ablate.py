@@ -26,6 +26,8 @@ from segcentroids.ablate import (
     slugify,
     summarize,
 )
+from segcentroids.ablate import estimate as estimate_module
+from segcentroids.ablate.estimate import Measurement, describe, duration, estimate
 from segcentroids.callbacks.run_recorder import append_curves, inference_cost, read_curves
 from tests.conftest import CONFIGS, REPO, TINY_DATA
 
@@ -234,6 +236,38 @@ def test_dry_run_prints_commands_and_the_sbatch_script(tmp_path: Path, capsys: p
     assert "#SBATCH --array=0,1,2,3" in printed and "#SBATCH --partition=gpu" in printed
     srun = next(line for line in printed.splitlines() if line.startswith("srun "))
     assert "--task \"$SLURM_ARRAY_TASK_ID\" -- --trainer.max_steps=2" in srun and "'lower lr'" in srun
+    assert not out.exists()
+
+
+def test_estimate_arithmetic() -> None:
+    m = Measurement(setup_s=4.0, start_s=6.0, step_s=0.5, steps=100, validations=4, val_batches=8, batch_s=0.25,
+                    eval_batches=10)
+    # 100 x 0.5 + 4 x 8 x 0.25 + 10 x 0.25 + 2 x (4 + 6) = 50 + 8 + 2.5 + 20
+    assert estimate(m) == {"train": 50.0, "validation": 8.0, "evaluation": 2.5, "setup": 20.0, "total": 80.5}
+    assert describe(m).endswith("= 1 min 20 s") and "100 steps x 0.50 s" in describe(m)
+    assert duration(42.4) == "42 s" and duration(3725) == "1 h 02 min"
+
+
+def test_dry_run_estimate_prints_each_row_and_the_total(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measured step is faked: the printed numbers are the arithmetic, per row and over rows x seeds."""
+    steps = {"base": 0.5, "lower lr": 1.0}
+
+    def fake_measure(ablation: object, task: object, extra: list[str], start_s: float) -> Measurement:
+        if task.row.name == "broken":
+            raise RuntimeError("segcentroids: error: no_such_argument")
+        return Measurement(4.0, start_s, steps[task.row.name], 100, 4, 8, 0.25, 10)
+
+    monkeypatch.setattr(estimate_module, "measure_row", fake_measure)
+    monkeypatch.setattr(estimate_module, "start_seconds", lambda: 6.0)
+    out = tmp_path / "out"
+    assert main([str(write_table(tmp_path, seeds=[0, 1])), "--dry-run", "--estimate", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split("# time estimate")[1]
+    # base: 80.5 s a run (test_estimate_arithmetic), lower lr 130.5 s; two seeds each: 2 x 211 s = 7 min 02 s
+    assert "# base: 2 run(s) of 100 steps x 0.50 s" in printed and "= 1 min 20 s" in printed
+    assert "# lower lr: 2 run(s) of 100 steps x 1.00 s" in printed and "= 2 min 10 s" in printed
+    assert "# broken: not measured (segcentroids: error: no_such_argument)" in printed
+    assert "# total: 7 min 02 s for 6 run(s) to do (1 row(s) not measured: broken)" in printed
     assert not out.exists()
 
 

@@ -36,6 +36,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--rows", nargs="+", help="row names or slugs to run (default: all)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/ablations/<folder>/<stem>)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands (and the sbatch script)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="with --dry-run: time a few training steps of each row here and print how long each "
+                             "row and the whole table will take")
     parser.add_argument("--check", action="store_true",
                         help="parse every row's arguments with the segcentroids parser, run nothing")
     parser.add_argument("--collect", action="store_true", help="only collect finished runs into the table")
@@ -121,7 +124,36 @@ def dry_run(ablation: Ablation, tasks: list[Task], pending: list[int], args: arg
         print("\n# sbatch script\n" + sbatch_script(ablation, args.file, pending, args, extra), end="")
     elif args.launcher == "slurm":
         print("\n# sbatch script: nothing to submit, every run is done")
+    if args.estimate:
+        print_estimates(ablation, [tasks[i] for i in pending], extra)
     return 0
+
+
+def print_estimates(ablation: Ablation, pending: list[Task], extra: list[str]) -> None:
+    """`--estimate`: each row's time per run from a few measured steps (`segcentroids.ablate.estimate`), and the
+    total of the runs still to do."""
+    from segcentroids.ablate.estimate import describe, duration, estimate, measure_row, start_seconds
+
+    print("\n# time estimate on this machine (a few steps of each row measured here)")
+    start_s, total, unmeasured = start_seconds(), 0.0, []
+    for name, tasks in _by_row(pending).items():
+        try:
+            measurement = measure_row(ablation, tasks[0], extra, start_s)
+        except RuntimeError as error:
+            unmeasured.append(name)
+            print(f"# {name}: not measured ({error})")
+            continue
+        total += len(tasks) * estimate(measurement)["total"]
+        print(f"# {name}: {len(tasks)} run(s) of {describe(measurement)}")
+    note = f" ({len(unmeasured)} row(s) not measured: {', '.join(unmeasured)})" if unmeasured else ""
+    print(f"# total: {duration(total)} for {len(pending)} run(s) to do{note}")
+
+
+def _by_row(tasks: list[Task]) -> dict[str, list[Task]]:
+    rows: dict[str, list[Task]] = {}
+    for task in tasks:
+        rows.setdefault(task.row.name, []).append(task)
+    return rows
 
 
 def run_local(ablation: Ablation, tasks: list[Task], extra: list[str], in_process: bool) -> list[Task]:
