@@ -56,6 +56,13 @@ def _save(fig: Any, stem: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------ the table
+def _row_label(line: dict, baseline: str) -> str:
+    """`<row> (<runs>)`, and the row its deltas are against when that is not the table's baseline."""
+    own = line.get("baseline", baseline)
+    against = f"\n(Δ vs {own})" if own not in (baseline, line["row"]) else ""
+    return f"{line['row']} ({line['runs']}){against}"
+
+
 def _metric_panel(ax: Any, table: list[dict], metric: str, baselines: set[str]) -> None:
     """One metric: ours (mean ± std) per row, the paper's number beside it, the deltas written next to ours."""
     for y, line in enumerate(table):
@@ -86,12 +93,12 @@ def table_figure(title: str, table: list[dict], metrics: list[str], baseline: st
     """`<out>/table.png` and `.svg`: one panel per metric (see the module's docstring); returns the paths."""
     plt = pyplot()
     baselines = {line.get("baseline", baseline) for line in table}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(1.5 + 3.2 * len(metrics), 0.9 + 0.45 * len(table)),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.5 + 3.2 * len(metrics), 1.2 + 0.45 * len(table)),
+                             sharey=True, squeeze=False, layout="constrained")
     for ax, metric in zip(axes[0], metrics):
         _metric_panel(ax, table, metric, baselines)
         _dedupe_legend(ax)
-    axes[0][0].set_yticks(range(len(table)), [f"{line['row']} ({line['runs']})" for line in table])
+    axes[0][0].set_yticks(range(len(table)), [_row_label(line, baseline) for line in table])
     for tick, line in zip(axes[0][0].get_yticklabels(), table):
         if line["row"] in baselines:
             tick.set_fontweight("bold")
@@ -134,7 +141,7 @@ def curves_figure(title: str, run_dirs: dict[str, list[Path]], out: Path,
     if not any(drawn.values()):
         return []
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, layout="constrained")
     for ax, panel in zip(axes[0], panels):
         for i, (row, curves) in enumerate(drawn[panel].items()):
             steps, values = mean_curve(curves)
