@@ -28,6 +28,7 @@ from segcentroids.ablate import (
 )
 from segcentroids.ablate import estimate as estimate_module
 from segcentroids.ablate.estimate import Measurement, describe, duration, estimate
+from segcentroids.ablate.figures import mean_curve
 from segcentroids.callbacks.run_recorder import append_curves, inference_cost, read_curves
 from tests.conftest import CONFIGS, REPO, TINY_DATA
 
@@ -316,6 +317,8 @@ def test_curves_of_a_resumed_fit_keep_the_last_value_of_a_step(tmp_path: Path) -
     (tmp_path / "curves.csv").rename(tmp_path / "metrics" / "curves.csv")
     assert read_curves(tmp_path) == {"train/loss": {10: 2.0, 20: 1.4}, "lr/head": {10: 0.1}}
     assert read_curves(tmp_path / "nowhere") == {}
+    # a row's line: the mean over the seeds that logged each step
+    assert mean_curve([{10: 2.0, 20: 1.0}, {10: 4.0}]) == ([10, 20], [3.0, 1.0])
 
 
 def test_a_failing_row_is_reported_and_the_others_still_run(ablated: dict) -> None:
