@@ -29,7 +29,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="segcentroids-ablate", allow_abbrev=False,
         description="Run an ablation table (docs/ablations.md). Arguments the runner does not know (use the "
-                    "--key=value form), or everything after '--', are appended to every row's segcentroids command.")
+                    "--key=value form), or everything after '--', are appended to every row's segcentroids command. "
+                    "'segcentroids-ablate report OUT_DIR' rebuilds the table and figures from finished runs.")
     parser.add_argument("file", type=Path, help="ablation YAML file")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's)")
