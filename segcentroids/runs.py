@@ -5,7 +5,7 @@ never over another's::
 
     <run>/config.yaml                          the fit's configuration, written once
     <run>/checkpoints/                         last.ckpt, best-*.ckpt, on_exception.ckpt
-    <run>/metrics/                             the fit's val.json, val_all.json, cost.json
+    <run>/metrics/                             the fit's val.json, val_all.json, cost.json, curves.csv
     <run>/events.out.* | metrics.csv | mlruns/ the logger's files (TensorBoard by default)
     <run>/resumes/<time>-<checkpoint>/         config.yaml of each resumed fit
     <run>/eval/<command>-<checkpoint>-<time>/  config.yaml, metrics/<split>.json, the logger's files

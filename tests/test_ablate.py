@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,10 @@ from segcentroids.ablate import (
     slugify,
     summarize,
 )
-from segcentroids.callbacks.run_recorder import inference_cost
+from segcentroids.ablate import estimate as estimate_module
+from segcentroids.ablate.estimate import Measurement, describe, duration, estimate
+from segcentroids.ablate.figures import mean_curve
+from segcentroids.callbacks.run_recorder import append_curves, inference_cost, read_curves
 from tests.conftest import CONFIGS, REPO, TINY_DATA
 
 ABLATION_FILES = sorted((CONFIGS / "ablations").rglob("*.yaml"))
@@ -32,6 +37,7 @@ TINY = [
     f"--data={TINY_DATA}", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.max_steps=2",
     "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false", "--model.init_args.segmodel.init_args.decoder_channels=16",
+    "--trainer.log_every_n_steps=1",
 ]
 
 
@@ -234,6 +240,38 @@ def test_dry_run_prints_commands_and_the_sbatch_script(tmp_path: Path, capsys: p
     assert not out.exists()
 
 
+def test_estimate_arithmetic() -> None:
+    m = Measurement(setup_s=4.0, start_s=6.0, step_s=0.5, steps=100, validations=4, val_batches=8, batch_s=0.25,
+                    eval_batches=10)
+    # 100 x 0.5 + 4 x 8 x 0.25 + 10 x 0.25 + 2 x (4 + 6) = 50 + 8 + 2.5 + 20
+    assert estimate(m) == {"train": 50.0, "validation": 8.0, "evaluation": 2.5, "setup": 20.0, "total": 80.5}
+    assert describe(m).endswith("= 1 min 20 s") and "100 steps x 0.50 s" in describe(m)
+    assert duration(42.4) == "42 s" and duration(3725) == "1 h 02 min"
+
+
+def test_dry_run_estimate_prints_each_row_and_the_total(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measured step is faked: the printed numbers are the arithmetic, per row and over rows x seeds."""
+    steps = {"base": 0.5, "lower lr": 1.0}
+
+    def fake_measure(ablation: object, task: object, extra: list[str], start_s: float) -> Measurement:
+        if task.row.name == "broken":
+            raise RuntimeError("segcentroids: error: no_such_argument")
+        return Measurement(4.0, start_s, steps[task.row.name], 100, 4, 8, 0.25, 10)
+
+    monkeypatch.setattr(estimate_module, "measure_row", fake_measure)
+    monkeypatch.setattr(estimate_module, "start_seconds", lambda: 6.0)
+    out = tmp_path / "out"
+    assert main([str(write_table(tmp_path, seeds=[0, 1])), "--dry-run", "--estimate", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split("# time estimate")[1]
+    # base: 80.5 s a run (test_estimate_arithmetic), lower lr 130.5 s; two seeds each: 2 x 211 s = 7 min 02 s
+    assert "# base: 2 run(s) of 100 steps x 0.50 s" in printed and "= 1 min 20 s" in printed
+    assert "# lower lr: 2 run(s) of 100 steps x 1.00 s" in printed and "= 2 min 10 s" in printed
+    assert "# broken: not measured (segcentroids: error: no_such_argument)" in printed
+    assert "# total: 7 min 02 s for 6 run(s) to do (1 row(s) not measured: broken)" in printed
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def ablated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny table run in two goes: first the baseline row alone, then all rows (resume)."""
@@ -264,6 +302,25 @@ def test_runner_runs_rows_and_resumes(ablated: dict) -> None:
         assert logged["test/mIoU"] == pytest.approx(json.loads((record / "test.json").read_text())["mIoU"], abs=1e-3)
 
 
+def test_runs_record_their_training_curves(ablated: dict) -> None:
+    curves = read_curves(ablated["out"] / "base" / "seed0")
+    assert set(curves["train/loss"]) == {1, 2} and set(curves["val/mIoU"]) == {2}
+    assert {"lr/encoder", "lr/decoder", "lr/head"} <= set(curves)
+    assert not (evaluation_folder(ablated["out"] / "base" / "seed0", "test") / "metrics" / "curves.csv").exists()
+
+
+def test_curves_of_a_resumed_fit_keep_the_last_value_of_a_step(tmp_path: Path) -> None:
+    append_curves(tmp_path, 10, {"train/loss": 2.0, "lr/head": 0.1})
+    append_curves(tmp_path, 20, {"train/loss": 1.5})
+    append_curves(tmp_path, 20, {"train/loss": 1.4})  # the resumed fit logs step 20 again
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "curves.csv").rename(tmp_path / "metrics" / "curves.csv")
+    assert read_curves(tmp_path) == {"train/loss": {10: 2.0, 20: 1.4}, "lr/head": {10: 0.1}}
+    assert read_curves(tmp_path / "nowhere") == {}
+    # a row's line: the mean over the seeds that logged each step
+    assert mean_curve([{10: 2.0, 20: 1.0}, {10: 4.0}]) == ([10, 20], [3.0, 1.0])
+
+
 def test_a_failing_row_is_reported_and_the_others_still_run(ablated: dict) -> None:
     out = ablated["out"]
     assert ablated["second"] == 1
@@ -287,6 +344,50 @@ def test_table_holds_the_runs_metrics(ablated: dict) -> None:
     assert lines["broken"]["runs"] == "0/1" and lines["broken"]["test/mIoU"] == ""
     markdown = (out / "table.md").read_text()
     assert "| base (baseline) | 1/1 |" in markdown and "| broken | 0/1 | - |" in markdown
+
+
+def _svg_ids(path: Path, prefix: str) -> list[str]:
+    return re.findall(rf'id="({prefix}:[^"]*)"', path.read_text())
+
+
+def test_runner_writes_the_table_and_curve_figures(ablated: dict) -> None:
+    out = ablated["out"]
+    for name in ("table.png", "table.svg", "curves.png", "curves.svg"):
+        assert (out / name).stat().st_size > 1000, name
+    svg = (out / "table.svg").read_text()
+    assert "base (1/1)" in svg and "lower lr (1/1)" in svg and "broken (0/1)" in svg
+    # one point with error bars per finished row x metric, one paper point per number in the file
+    assert sorted(_svg_ids(out / "table.svg", "ours")) == sorted(
+        f"ours:{row}:{metric}" for row in ("base", "lower-lr") for metric in ("test/mIoU", "test/mAcc"))
+    assert sorted(_svg_ids(out / "table.svg", "paper")) == [
+        "paper:base:test/mIoU", "paper:lower-lr:test/mAcc", "paper:lower-lr:test/mIoU"]
+    with (out / "table.csv").open() as stream:
+        delta = float(next(line for line in csv.DictReader(stream) if line["row"] == "lower lr")["test/mIoU delta"])
+    assert f"{delta:+.2f}" in svg
+    assert sorted(_svg_ids(out / "curves.svg", "curve")) == sorted(
+        f"curve:{panel}:{row}" for panel in ("val/mIoU", "train/loss", "lr") for row in ("base", "lower-lr"))
+
+
+def test_report_rebuilds_the_table_and_figures_from_the_runs(ablated: dict, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(ablated["out"], out, ignore=shutil.ignore_patterns("*.ckpt"))
+    for name in ("table.md", "table.csv", "table.png", "table.svg", "curves.png", "curves.svg"):
+        (out / name).unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "table.md").read_text() == (ablated["out"] / "table.md").read_text()
+    assert (out / "table.csv").read_text() == (ablated["out"] / "table.csv").read_text()
+    assert all((out / name).is_file() for name in ("table.png", "table.svg", "curves.png", "curves.svg"))
+    assert "rebuilt from 3 runs" in capsys.readouterr().out
+
+
+def test_report_on_a_folder_without_runs_says_so_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert capsys.readouterr().err.splitlines()[0].startswith(f"error: {empty}: no ablation.yaml")
+    assert main(["report", str(empty), "--file", str(write_table(tmp_path))]) == 2
+    assert capsys.readouterr().err.splitlines()[0].startswith(f"error: {empty}: no runs of")
 
 
 def test_a_row_that_raises_after_parsing_is_reported_with_its_error(tmp_path: Path) -> None:

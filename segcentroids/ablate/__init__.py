@@ -6,15 +6,18 @@
 Every row x seed is one run folder `<out>/<row-slug>/seed<k>` holding a `fit` and then a `test` (or `validate`) of
 `segcentroids` with the row's arguments. Results are read back from the machine-readable files the runs write
 (the evaluation record's `eval/<command>-*/metrics/<split>.json` and `<split>_all.json`, the fit's
-`metrics/cost.json`), and the table is written to `<out>/table.md` and `<out>/table.csv`. The format of FILE is
-in docs/ablations.md.
+`metrics/cost.json`), and the table is written to `<out>/table.md` and `<out>/table.csv`, with the figures
+`table.png/svg` and `curves.png/svg`. `segcentroids-ablate report OUT_DIR` rebuilds them from finished runs. The
+format of FILE is in docs/ablations.md.
 
 Modules: `spec` (the file, validated into an `Ablation`), `runner` (tasks, commands, status, running, checking),
-`report` (collecting and formatting the table), `slurm` (the array job), `cli` (the command).
+`report` (collecting and formatting the table), `figures` (the table and curve figures), `estimate` (the dry run's
+time estimate), `slurm` (the array job), `cli` (the command).
 """
 
 from segcentroids.ablate.cli import main, parse_args
-from segcentroids.ablate.report import collect, collect_run, format_markdown, summarize, write_csv
+from segcentroids.ablate.figures import curves_figure, table_figure
+from segcentroids.ablate.report import build_table, collect, collect_run, format_markdown, summarize, write_csv
 from segcentroids.ablate.runner import (
     RunFailed,
     Task,
@@ -35,11 +38,13 @@ __all__ = [
     "Row",
     "RunFailed",
     "Task",
+    "build_table",
     "build_tasks",
     "check_rows",
     "collect",
     "collect_run",
     "command",
+    "curves_figure",
     "default_out",
     "evaluation_folder",
     "format_markdown",
@@ -52,5 +57,6 @@ __all__ = [
     "slugify",
     "submit_slurm",
     "summarize",
+    "table_figure",
     "write_csv",
 ]

@@ -1,14 +1,25 @@
-"""The `segcentroids-ablate` command: options, and one function per mode (array task, check, dry run, run)."""
+"""The `segcentroids-ablate` command: options, and one function per mode (array task, check, dry run, run), and
+`segcentroids-ablate report OUT_DIR` (the table and figures rebuilt from finished runs)."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 from segcentroids.ablate.report import collect
-from segcentroids.ablate.runner import Task, build_tasks, check_rows, command, default_out, read_status, run_task
+from segcentroids.ablate.runner import (
+    STATUS_FILE,
+    Task,
+    build_tasks,
+    check_rows,
+    command,
+    default_out,
+    read_status,
+    run_task,
+)
 from segcentroids.ablate.slurm import sbatch_script, submit_collect, submit_slurm
 from segcentroids.ablate.spec import Ablation, AblationFormatError, load_ablation
 
@@ -18,13 +29,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="segcentroids-ablate", allow_abbrev=False,
         description="Run an ablation table (docs/ablations.md). Arguments the runner does not know (use the "
-                    "--key=value form), or everything after '--', are appended to every row's segcentroids command.")
+                    "--key=value form), or everything after '--', are appended to every row's segcentroids command. "
+                    "'segcentroids-ablate report OUT_DIR' rebuilds the table and figures from finished runs.")
     parser.add_argument("file", type=Path, help="ablation YAML file")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's)")
     parser.add_argument("--rows", nargs="+", help="row names or slugs to run (default: all)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/ablations/<folder>/<stem>)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands (and the sbatch script)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="with --dry-run: time a few training steps of each row here and print how long each "
+                             "row and the whole table will take")
     parser.add_argument("--check", action="store_true",
                         help="parse every row's arguments with the segcentroids parser, run nothing")
     parser.add_argument("--collect", action="store_true", help="only collect finished runs into the table")
@@ -47,7 +62,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `segcentroids-ablate`; returns the exit status (1 if a row failed, 2 on a usage error)."""
-    args, extra = parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
+    args, extra = parse_args(argv)
     try:
         ablation = load_ablation(args.file)
         args.out = args.out or default_out(args.file)
@@ -62,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     pending = [i for i, task in enumerate(tasks) if read_status(task).get("status") != "done"]
     if args.dry_run:
         return dry_run(ablation, tasks, pending, args, extra)
+    keep_ablation_file(args.file, args.out)
     failed: list[Task] = []
     if args.launcher == "local" and not args.collect:
         failed = run_local(ablation, tasks, extra, args.in_process)
@@ -106,7 +125,36 @@ def dry_run(ablation: Ablation, tasks: list[Task], pending: list[int], args: arg
         print("\n# sbatch script\n" + sbatch_script(ablation, args.file, pending, args, extra), end="")
     elif args.launcher == "slurm":
         print("\n# sbatch script: nothing to submit, every run is done")
+    if args.estimate:
+        print_estimates(ablation, [tasks[i] for i in pending], extra)
     return 0
+
+
+def print_estimates(ablation: Ablation, pending: list[Task], extra: list[str]) -> None:
+    """`--estimate`: each row's time per run from a few measured steps (`segcentroids.ablate.estimate`), and the
+    total of the runs still to do."""
+    from segcentroids.ablate.estimate import describe, duration, estimate, measure_row, start_seconds
+
+    print("\n# time estimate on this machine (a few steps of each row measured here)")
+    start_s, total, unmeasured = start_seconds(), 0.0, []
+    for name, tasks in _by_row(pending).items():
+        try:
+            measurement = measure_row(ablation, tasks[0], extra, start_s)
+        except RuntimeError as error:
+            unmeasured.append(name)
+            print(f"# {name}: not measured ({error})")
+            continue
+        total += len(tasks) * estimate(measurement)["total"]
+        print(f"# {name}: {len(tasks)} run(s) of {describe(measurement)}")
+    note = f" ({len(unmeasured)} row(s) not measured: {', '.join(unmeasured)})" if unmeasured else ""
+    print(f"# total: {duration(total)} for {len(pending)} run(s) to do{note}")
+
+
+def _by_row(tasks: list[Task]) -> dict[str, list[Task]]:
+    rows: dict[str, list[Task]] = {}
+    for task in tasks:
+        rows.setdefault(task.row.name, []).append(task)
+    return rows
 
 
 def run_local(ablation: Ablation, tasks: list[Task], extra: list[str], in_process: bool) -> list[Task]:
@@ -129,5 +177,52 @@ def report(ablation: Ablation, tasks: list[Task], out: Path, failed: list[Task])
         error = read_status(task).get("error") or "did not finish"
         print(f"[ablate] FAILED {task.row.name} / seed {task.seed} ({task.run_dir}): {error.splitlines()[0]}",
               file=sys.stderr)
-    print(f"[ablate] table: {out / 'table.md'} and {out / 'table.csv'}")
+    print(f"[ablate] table: {out / 'table.md'} and {out / 'table.csv'}; figures: table.png/svg, curves.png/svg")
     return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------------------- `report`
+KEPT_FILE = "ablation.yaml"  # the runner's copy of the table's file, in its output folder
+
+
+def keep_ablation_file(file: Path, out: Path) -> None:
+    """Copies the table's file to `<out>/ablation.yaml`, which `report OUT_DIR` reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    if file.resolve() != (out / KEPT_FILE).resolve():
+        shutil.copyfile(file, out / KEPT_FILE)
+
+
+def finished_tasks(ablation: Ablation, out: Path) -> list[Task]:
+    """The tasks of `out` that ran (those with a status file): the rows that have one, in the file's order, times
+    every seed found."""
+    ran = {(row.name, int(path.parent.name.removeprefix("seed"))) for row in ablation.rows
+           for path in (out / row.slug).glob(f"seed*/{STATUS_FILE}") if path.parent.name[4:].isdigit()}
+    if not ran:
+        raise AblationFormatError(f"{out}: no runs of {ablation.path} here (no <row>/seed<k>/{STATUS_FILE})")
+    rows = [row.name for row in ablation.rows if any(name == row.name for name, _ in ran)]
+    return build_tasks(ablation, out, rows, sorted({seed for _, seed in ran}))
+
+
+def report_main(argv: list[str]) -> int:
+    """`segcentroids-ablate report OUT_DIR [--file FILE]`: the table and figures rebuilt from the finished runs of
+    OUT_DIR, nothing run."""
+    parser = argparse.ArgumentParser(prog="segcentroids-ablate report", allow_abbrev=False,
+                                     description="Rebuild table.md/csv and the figures from finished runs.")
+    parser.add_argument("out", type=Path, help="the runner's output folder")
+    parser.add_argument("--file", type=Path, help=f"the table's file (default: OUT/{KEPT_FILE}, the runner's copy)")
+    args = parser.parse_args(argv)
+    file = args.file or args.out / KEPT_FILE
+    try:
+        if not args.out.is_dir():
+            raise AblationFormatError(f"{args.out}: no such folder")
+        if not file.is_file():
+            raise AblationFormatError(f"{args.out}: no {KEPT_FILE} (the runner's copy of the table's file): pass "
+                                      "the table's file with --file")
+        ablation = load_ablation(file, check_files=False)
+        tasks = finished_tasks(ablation, args.out)
+    except AblationFormatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(collect(ablation, tasks, args.out))
+    print(f"[ablate] rebuilt from {len(tasks)} runs: {args.out / 'table.md'}, table.csv and the figures")
+    return 0

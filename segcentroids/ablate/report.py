@@ -8,6 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
+from segcentroids.ablate.figures import curves_figure, table_figure
 from segcentroids.ablate.runner import Task, evaluation_folder, read_status
 from segcentroids.ablate.spec import Ablation
 
@@ -151,19 +152,36 @@ def write_csv(table: list[dict], path: Path) -> None:
             writer.writerow({k: "" if v is None else v for k, v in line.items()})
 
 
-def collect(ablation: Ablation, tasks: list[Task], out: Path) -> str:
-    """Reads every finished task, writes `<out>/table.md` and `<out>/table.csv`, returns the Markdown."""
+def build_table(ablation: Ablation, tasks: list[Task]) -> tuple[list[dict], dict[str, list[Path]]]:
+    """The table's numbers (`summarize`) of the finished tasks, and the run folders of each row's finished tasks."""
     results: dict[str, list[dict]] = {}
+    finished: dict[str, list[Path]] = {}
     for task in tasks:
         record = collect_run(ablation, task)
         if record is not None:
             results.setdefault(task.row.name, []).append(record)
+            finished.setdefault(task.row.name, []).append(task.run_dir)
     rows = list(dict.fromkeys(task.row.name for task in tasks))
     seeds = len({task.seed for task in tasks})
     row_baselines = {row.name: row.baseline for row in ablation.rows if row.baseline is not None}
     table = summarize(results, rows, ablation.baseline, ablation.metrics, ablation.paper, seeds, row_baselines)
+    return table, finished
+
+
+def write_figures(ablation: Ablation, table: list[dict], finished: dict[str, list[Path]], out: Path) -> list[Path]:
+    """`table.png/svg` and `curves.png/svg` in `out` (`segcentroids.ablate.figures`)."""
+    val_metric = next((m for m in ablation.metrics if m.startswith("val/")), "val/mIoU")
+    return (table_figure(ablation.title, table, ablation.metrics, ablation.baseline, out)
+            + curves_figure(ablation.title, finished, out, val_metric))
+
+
+def collect(ablation: Ablation, tasks: list[Task], out: Path) -> str:
+    """Reads every finished task, writes `<out>/table.md`, `<out>/table.csv` and the figures, returns the
+    Markdown."""
+    table, finished = build_table(ablation, tasks)
     markdown = format_markdown(ablation.title, table, ablation.metrics, ablation.baseline)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown)
     write_csv(table, out / "table.csv")
+    write_figures(ablation, table, finished, out)
     return markdown

@@ -8,11 +8,15 @@ Written on rank 0 under `<trainer.default_root_dir>/metrics/` (the command's rec
   after `warmup_steps` steps.
 - `<split>_all.json` (validate / test): every logged `<split>/...` metric (method metrics such as
   `val/multilabel_mAP` included), written once the split's epoch has ended.
+- `curves.csv` (fit): the training curves, one `step,name,value` line per scalar: every `train/...` metric and the
+  learning rate of each parameter group (`lr/<group>`) every `log_every_n_steps` steps, every `val/...` metric after
+  each validation. Appended, so a resumed fit continues it (`read_curves` keeps the last value of a step).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import statistics
 import time
@@ -24,6 +28,8 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+CURVES_FILE = "curves.csv"
 
 
 @contextlib.contextmanager
@@ -58,6 +64,45 @@ def inference_cost(module: torch.nn.Module, images: Tensor) -> dict[str, float]:
         "gflops": counter.get_total_flops() / 1e9 / images.shape[0],
         "crop": list(images.shape[-2:]),
     }
+
+
+def _scalars(metrics: dict, prefix: str) -> dict[str, float]:
+    """The one-element metrics whose name starts with `prefix`, as floats."""
+    return {key: float(value) for key, value in metrics.items()
+            if key.startswith(prefix) and torch.as_tensor(value).numel() == 1}
+
+
+def learning_rates(trainer: L.Trainer) -> dict[str, float]:
+    """`lr/<group name>` of every parameter group of the trainer's optimizers (`group<i>` when unnamed)."""
+    rates = {}
+    for optimizer in trainer.optimizers:
+        for i, group in enumerate(optimizer.param_groups):
+            rates[f"lr/{group.get('name', f'group{i}')}"] = float(group["lr"])
+    return rates
+
+
+def append_curves(folder: Path, step: int, values: dict[str, float]) -> None:
+    """Appends `step,name,value` lines to `<folder>/curves.csv` (its header first when new)."""
+    path = folder / CURVES_FILE
+    new = not path.is_file()
+    with path.open("a", newline="") as stream:
+        writer = csv.writer(stream)
+        if new:
+            writer.writerow(["step", "name", "value"])
+        writer.writerows([step, name, value] for name, value in values.items())
+
+
+def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
+    """`{name: {step: value}}` of a run's `metrics/curves.csv` ({} without one); a step logged twice (a resumed
+    fit) keeps its last value."""
+    path = Path(run_dir) / "metrics" / CURVES_FILE
+    curves: dict[str, dict[int, float]] = {}
+    if not path.is_file():
+        return curves
+    with path.open(newline="") as stream:
+        for line in csv.DictReader(stream):
+            curves.setdefault(line["name"], {})[int(line["step"])] = float(line["value"])
+    return curves
 
 
 class RunRecorder(L.Callback):
@@ -102,6 +147,9 @@ class RunRecorder(L.Callback):
                            batch_idx: int) -> None:
         self._sync(pl_module)
         self._step_times.append(time.perf_counter() - self._start)
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 and (folder := self._folder(trainer)):
+            values = {**_scalars(trainer.callback_metrics, "train/"), **learning_rates(trainer)}
+            append_curves(folder, trainer.global_step, values)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = self._folder(trainer)
@@ -125,11 +173,10 @@ class RunRecorder(L.Callback):
         folder = self._folder(trainer)
         if folder is None:
             return
-        record = {
-            key: float(value) for key, value in trainer.callback_metrics.items()
-            if key.startswith(f"{split}/") and torch.as_tensor(value).numel() == 1
-        }
+        record = _scalars(trainer.callback_metrics, f"{split}/")
         (folder / f"{split}_all.json").write_text(json.dumps(record, indent=2))
+        if trainer.state.fn == "fit":
+            append_curves(folder, trainer.global_step, record)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_metrics(trainer, "val")
