@@ -686,7 +686,7 @@ def test_encoder_last_reads_the_deepest_stage_and_bad_memory_input_names_the_key
 
 # ------------------------------------------------------------------------------------------ Fig. 3: t-SNE
 def test_image_class_means_by_hand():
-    from segcentroids.callbacks.tsne import image_class_means
+    from segcentroids.nn.memory import image_class_means
 
     features = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])  # [1, 1, 2, 2]
     labels = torch.tensor([[[0, 0], [2, 255]]])

@@ -9,24 +9,12 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from segcentroids.nn.memory import image_class_means
 from segcentroids.plots import new_figure
 
 RESOLUTIONS = ("label", "feature")
-
-
-def image_class_means(features: Tensor, labels: Tensor, num_classes: int, ignore_index: int
-                      ) -> tuple[Tensor, Tensor]:
-    """Mean feature of each class in each image (Fig. 3's "composite vector of the pixel representations of the same
-    category within an image"): `[B, K, C]` and the presence mask `[B, K]`. `features [B, C, h, w]` and `labels
-    [B, h, w]` at the same size; one einsum, no loop over classes."""
-    valid = labels != ignore_index
-    one_hot = F.one_hot(torch.where(valid, labels, 0), num_classes).to(features.dtype) * valid[..., None]
-    sums = torch.einsum("bchw,bhwk->bkc", features, one_hot)
-    counts = one_hot.sum(dim=(1, 2))
-    return sums / counts.clamp_min(1)[..., None], counts > 0
 
 
 class FeatureTSNE(L.Callback):
@@ -74,12 +62,8 @@ class FeatureTSNE(L.Callback):
             features = pl_module.memory_features(images)
         else:
             features = pl_module.segmodel(images)["decoder"]
-        features = features.float()
-        if self.resolution == "label":
-            features = F.interpolate(features, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        else:
-            labels = F.interpolate(labels[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
-        means, present = image_class_means(features, labels, pl_module.num_classes, pl_module.ignore_index)
+        means, present = image_class_means(features, labels, pl_module.num_classes, pl_module.ignore_index,
+                                           self.resolution)
         classes = torch.arange(pl_module.num_classes, device=labels.device).expand_as(present)
         self._points.append(means[present].cpu())
         self._classes.append(classes[present].cpu())

@@ -6,6 +6,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segcentroids.ops.resample import bilinear_taps, nearest_labels, replicate_pad_end
@@ -33,6 +34,28 @@ def global_statistics(sums: Tensor, totals: Tensor) -> tuple[Tensor, Tensor]:
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"FeatureMemory: {name} must be one of {list(allowed)}, got {value!r}")
+
+
+def image_class_means(features: Tensor, labels: Tensor, num_classes: int, ignore_index: int,
+                      resolution: Literal["label", "feature"] = "label") -> tuple[Tensor, Tensor]:
+    """Plain mean of each class's pixel features in each image: `[B, K, C]` (float32, zero where absent) and the
+    presence mask `[B, K]`. `"label"`: features `[B, C, h, w]` upsampled (bilinear) to the labels `[B, H, W]`;
+    `"feature"`: labels nearest-downsampled to the features. One `index_add_` over rows `b * K + k`, no loop over
+    classes (labels outside `[0, K)` are left out)."""
+    if resolution == "label":
+        features = F.interpolate(features.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    else:
+        labels = nearest_labels(labels, tuple(features.shape[-2:]))
+    batch, channels = features.shape[:2]
+    rows = batch * num_classes
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+    image = torch.arange(batch, device=labels.device)[:, None, None]
+    row = torch.where(valid, labels + image * num_classes, rows).reshape(-1)  # the last row collects the rest
+    pixels = features.float().permute(0, 2, 3, 1).reshape(-1, channels)
+    sums = pixels.new_zeros(rows + 1, channels).index_add_(0, row, pixels)[:rows]
+    counts = torch.bincount(row, minlength=rows + 1)[:rows].to(sums.dtype)
+    means = sums / counts.clamp_min(1.0)[:, None]
+    return means.view(batch, num_classes, channels), (counts > 0).view(batch, num_classes)
 
 
 class FeatureMemory(nn.Module):
@@ -109,17 +132,11 @@ class FeatureMemory(nn.Module):
 
         One `class_statistics` call of a plain (`"mean"`, uninitialised) memory of B * K rows: class k of image b is
         row `b * K + k`, ignore pixels are -1."""
-        batch, K = labels.shape[0], self.num_classes
+        K = self.num_classes
         valid = labels != self.ignore_index
         if bool((valid & ((labels < 0) | (labels >= K))).any()):  # one check per batch of the pass
             raise ValueError(f"FeatureMemory: labels must be in [0, {K}) or {self.ignore_index}")
-        image = torch.arange(batch, device=labels.device)[:, None, None]
-        per_image = torch.where(valid, labels + image * K, -1)
-        plain = FeatureMemory(batch * K, self.channels, weighting="mean", update_resolution=self.update_resolution,
-                              ignore_index=-1).to(features.device)
-        sums, totals = plain.class_statistics(features.detach().float(), per_image)
-        sums, totals = sums.view(batch, K, -1), totals.view(batch, K)
-        return sums / totals.clamp_min(1.0)[..., None], totals > 0
+        return image_class_means(features.detach(), labels, K, self.ignore_index, self.update_resolution)
 
     @torch.no_grad()
     def initialize_from_sums(self, sums: Tensor, counts: Tensor) -> None:
