@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from segcentroids.losses import PNELoss
+from segcentroids.ops.blocks import grouped_path_applies
 from tests.conftest import tiny_segmodel
 from tests.references import loop_pne_loss
 
@@ -210,11 +211,13 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
-@pytest.mark.parametrize("samples_per_set", [3, 8])
-def test_matches_per_pair_loop(options, samples_per_set):
-    """Value and gradient; the third case has a class never predicted right (empty negative sets)."""
+@pytest.mark.parametrize("samples_per_set,D", [(3, 5), (8, 8)])
+def test_matches_per_pair_loop(options, samples_per_set, D):
+    """Value and gradient; the third case has a class never predicted right (empty negative sets). S = D = 8 takes
+    the grouped template products on a CPU (aligned rows), S = 3, D = 5 the copy + bmm path."""
+    assert grouped_path_applies(torch.zeros(1, 1, D), torch.zeros(1, samples_per_set, D)) == (D == 8)
     for seed in range(3):
-        embeddings, logits, labels = random_case(seed, scale=2 if seed == 1 else 1,
+        embeddings, logits, labels = random_case(seed, scale=2 if seed == 1 else 1, D=D,
                                                  never_right=3 if seed == 2 else None)
         kw = {"samples_per_set": samples_per_set, "max_anchor_set": None, **options}
         ours_input, ref_input = embeddings.clone().requires_grad_(), embeddings.double().requires_grad_()

@@ -332,6 +332,27 @@ def test_unity_head_matches_scalar_loop():
                 assert math.isclose(u[0, i, j].item(), expected, rel_tol=1e-5)
 
 
+def test_unity_head_is_the_papers_formula_with_many_channels():
+    """`p_l = sigmoid(Conv_o(Conv_p(X_u) - up(Conv_c(AvgPool(X_u, k)))))`, `U_l = MinPool(p_l, k)`, written out with
+    random weights and D_u = 6 (the head computes Conv_o once on the finest grid), with the input's gradient."""
+    torch.manual_seed(0)
+    head = UnityHead(5, [4, 2], unity_channels=6)
+    x = torch.randn(2, 5, 8, 8, requires_grad=True)
+    x_u = head.reduce(x)
+    expected = []
+    for k in (4, 2):
+        centroid = head.centroid(F.avg_pool2d(x_u, k)).repeat_interleave(k, 2).repeat_interleave(k, 3)
+        prob = torch.sigmoid(head.output(head.pixel(x_u) - centroid))
+        expected.append(-F.max_pool2d(-prob, k)[:, 0])
+    unity = head(x)
+    for ours, ref in zip(unity, expected, strict=True):
+        torch.testing.assert_close(ours, ref)
+    weights = [torch.randn_like(u) for u in unity]
+    ours_grad = torch.autograd.grad(sum((u * w).sum() for u, w in zip(unity, weights)), x)[0]
+    ref_grad = torch.autograd.grad(sum((u * w).sum() for u, w in zip(expected, weights)), x)[0]
+    torch.testing.assert_close(ours_grad, ref_grad)
+
+
 def test_context_aggregation_is_attention_then_concat_conv():
     torch.manual_seed(0)
     block = ContextAggregation(4, key_channels=2).eval()

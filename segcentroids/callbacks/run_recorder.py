@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import statistics
 import time
 from collections.abc import Iterator
@@ -32,11 +33,21 @@ from torch.utils.flop_counter import FlopCounterMode
 CURVES_FILE = "curves.csv"
 
 
+def grouped_mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...], *args, out_shape: tuple[int, ...],
+                     **kwargs) -> int:
+    """FLOPs of `F.grouped_mm` (torch's counter has no formula for it): every output element is one dot product
+    over `a`'s last dimension, except 2D x 2D, where that dimension is split among the groups of the output."""
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+    return 2 * math.prod(out_shape) * a_shape[-1]
+
+
 @contextlib.contextmanager
 def flop_counter() -> Iterator[FlopCounterMode]:
-    """`FlopCounterMode` with `F.scaled_dot_product_attention` on its math path: torch's counter has no formula for
-    the fused CPU attention kernels and counts them as 0 FLOPs."""
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+    """`FlopCounterMode` with `F.scaled_dot_product_attention` on its math path (torch's counter has no formula for
+    the fused CPU attention kernels and counts them as 0 FLOPs) and a formula for `F.grouped_mm`."""
+    mapping = {torch.ops.aten._grouped_mm: grouped_mm_flops}
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         yield counter
 
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from segcentroids.losses.extra import ExtraLoss, LossContext
 from segcentroids.nn.projection import ProjectionHead
+from segcentroids.ops.blocks import block_products
 from segcentroids.ops.resample import nearest_labels
 
 _CHOICES = {
@@ -368,8 +369,7 @@ class PNELoss(nn.Module):
         `[Q, 1, S]`."""
         positive_ids = chunks.image * sets.num_classes + chunks.cls
         positive_weights = templates.weights[positive_ids][:, None, :]  # [Q, 1, S]
-        # index_select copies whole [S, D] blocks (several times faster on CPU than advanced indexing)
-        positive_sim = anchors @ templates.embeddings.index_select(0, positive_ids).transpose(1, 2) / self.temperature
+        positive_sim = block_products(anchors, templates.embeddings, positive_ids) / self.temperature
         return positive_sim, positive_weights
 
     def _log_negatives(self, anchors: Tensor, pixels: Tensor, sets: _SetIndex, templates: _Templates,
@@ -383,9 +383,10 @@ class PNELoss(nn.Module):
         else:
             negative_ok = anchor_sets.negatives_exist[chunks.chunk_set][:, None].expand_as(chunks.multiplicity)
             if self.individual_anchor_sets:
-                # IAS + CN (Eq. 9): the set S_{l,k} is contrasted with N_{l,l}
-                negatives = templates.embeddings.index_select(0, chunks.image * sets.num_classes + chunks.pred)
-                log_negatives = (anchors @ negatives.transpose(1, 2) / tau).logsumexp(dim=-1)
+                # IAS + CN (Eq. 9): the set S_{l,k} is contrasted with N_{l,l}; chunks are ordered by (b, l, k)
+                negative_ids = chunks.image * sets.num_classes + chunks.pred
+                negative_sim = block_products(anchors, templates.embeddings, negative_ids, blocks_sorted=True)
+                log_negatives = (negative_sim / tau).logsumexp(dim=-1)
             else:
                 log_negatives = self._union_negatives(anchors, chunks, templates.embeddings, anchor_sets.union_share)
         if self.empty_negatives == "anchors":

@@ -91,12 +91,14 @@ class UnityHead(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """`[B, D, h, w]` -> unity probabilities `[B, h / k_l, w / k_l]` per level, coarsest first."""
         x_u = self.reduce(x)
-        pixel = self.pixel(x_u)
+        # Conv1x1_o is linear: Conv1x1_o(pixel - centroid) = Conv1x1_o(pixel) - W_o centroid. It runs once on the
+        # finest grid and on each level's coarse centroids; no level builds a D_u-channel difference map.
+        pixel_score = self.output(self.pixel(x_u))  # [B, 1, h, w], with the bias
         unity = []
         for k, pooled in zip(self.cell_factors, average_pyramid(x_u, self.cell_factors)):
-            centroid = self.centroid(pooled)
-            diff = pixel - centroid.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
-            prob = torch.sigmoid(self.output(diff).float())
+            centroid_score = F.conv2d(self.centroid(pooled), self.output.weight)  # [B, 1, h / k, w / k]
+            score = pixel_score - centroid_score.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+            prob = torch.sigmoid(score.float())
             unity.append(-F.max_pool2d(-prob, k).squeeze(1))  # min pooling
         return unity
 
