@@ -3,8 +3,8 @@
     python benchmarks/profile_step.py --method PNE [--mode train|inference] [--steps 5] [--top 15] [--json out.json]
 
 Same SegModel, crop, batch and method settings as `benchmarks/cost.py` (FPN-R18, 128x128, batch 4, K = 8, one
-thread). Each model runs `--steps` profiled steps after a warm-up; per op (`aten::...` and the named
-`record_function` regions) it reports the self CPU time per step of the Baseline and of the method and their
+thread). Each model runs `--steps` profiled steps after a warm-up, in turn with the other; per op (`aten::...` and the
+named `record_function` regions) it reports the self CPU time per step of the Baseline and of the method and their
 difference, sorted by that difference: the ops that make up the method's extra time. Then the same times summed by
 kind of op (arithmetic: convolutions and matrix products, what the FLOPs count; moves: gathers, scatters, copies,
 sorts; other: elementwise, normalisation, pooling, reductions) and the throughput of the arithmetic: the Baseline's
@@ -33,16 +33,23 @@ ARITHMETIC = re.compile(r"conv|^aten::(mm|bmm|addmm|baddbmm|addbmm|_grouped_mm|m
 MOVES = re.compile(r"^aten::(index|gather|scatter|copy_|cat|repeat|clone|contiguous|sort|nonzero|masked_select|take)")
 
 
-def self_times_ms(run, steps: int) -> dict[str, float]:
-    """Self CPU milliseconds per step of every op name over `steps` profiled calls (after one warm-up)."""
-    run()
+def self_times_ms(run) -> dict[str, float]:
+    """Self CPU milliseconds of every op name in one profiled call."""
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        for _ in range(steps):
-            run()
-    totals: dict[str, float] = defaultdict(float)
-    for event in profiler.key_averages():
-        totals[event.key] += event.self_cpu_time_total / 1e3 / steps
-    return dict(totals)
+        run()
+    return {event.key: event.self_cpu_time_total / 1e3 for event in profiler.key_averages()}
+
+
+def alternating_self_times(baseline, model, steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-step self times of each op, Baseline and method profiled in turn (ABAB, after a warm-up each, as every
+    benchmark times), so that a drift of the machine reaches both alike."""
+    baseline(), model()
+    totals: tuple[dict[str, float], dict[str, float]] = (defaultdict(float), defaultdict(float))
+    for _ in range(steps):
+        for run, total in zip((baseline, model), totals):
+            for op, ms in self_times_ms(run).items():
+                total[op] += ms / steps
+    return dict(totals[0]), dict(totals[1])
 
 
 def compare(method: str, args: argparse.Namespace) -> dict:
@@ -50,7 +57,7 @@ def compare(method: str, args: argparse.Namespace) -> dict:
     make = train_step if args.mode == "train" else infer
     baseline = make(build(Baseline, {}, args), batch, args)
     model = make(build(*METHODS[method], args), batch, args)
-    base, ours = self_times_ms(baseline, args.steps), self_times_ms(model, args.steps)
+    base, ours = alternating_self_times(baseline, model, args.steps)
     rows = [{"op": op, "baseline_ms": round(base.get(op, 0.0), 2), "method_ms": round(ours.get(op, 0.0), 2),
              "extra_ms": round(ours.get(op, 0.0) - base.get(op, 0.0), 2)} for op in set(base) | set(ours)]
     rows.sort(key=lambda row: row["extra_ms"], reverse=True)

@@ -111,9 +111,8 @@ class _Chunks:
 
 
 def _rows(pixels: Tensor, flat: Tensor) -> Tensor:
-    """L2-normalised embeddings of flat pixel indices `b * N + i` of `pixels` [B, N, D]."""
-    N = pixels.shape[1]
-    return F.normalize(pixels[flat // N, flat % N], dim=-1)
+    """L2-normalised embeddings of flat pixel indices `b * N + i` of `pixels` [B * N, D]."""
+    return F.normalize(pixels.index_select(0, flat.reshape(-1)).reshape(*flat.shape, pixels.shape[1]), dim=-1)
 
 
 def _masked_std(values: Tensor, mask: Tensor) -> Tensor:
@@ -235,7 +234,9 @@ class PNELoss(nn.Module):
     # ------------------------------------------------------------------------------------------------- the sets
     def _compute(self, embeddings: Tensor, logits: Tensor, labels: Tensor,
                  generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
-        pixels = embeddings.flatten(2).transpose(1, 2)  # [B, N, D], a view: only sampled pixels are normalised
+        # [B * N, D], rows contiguous (a view of channels-last embeddings, else one copy): the sampled pixels are
+        # gathered as whole rows, and only they are normalised
+        pixels = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
         with torch.no_grad():
             predictions = self._predictions(logits, labels)
             sets = self._sort_into_sets(predictions, generator)
@@ -369,7 +370,9 @@ class PNELoss(nn.Module):
         `[Q, 1, S]`."""
         positive_ids = chunks.image * sets.num_classes + chunks.cls
         positive_weights = templates.weights[positive_ids][:, None, :]  # [Q, 1, S]
-        positive_sim = block_products(anchors, templates.embeddings, positive_ids) / self.temperature
+        positive_sim = block_products(anchors, templates.embeddings, positive_ids)
+        if self.temperature != 1:
+            positive_sim = positive_sim / self.temperature
         return positive_sim, positive_weights
 
     def _log_negatives(self, anchors: Tensor, pixels: Tensor, sets: _SetIndex, templates: _Templates,
@@ -386,7 +389,7 @@ class PNELoss(nn.Module):
                 # IAS + CN (Eq. 9): the set S_{l,k} is contrasted with N_{l,l}; chunks are ordered by (b, l, k)
                 negative_ids = chunks.image * sets.num_classes + chunks.pred
                 negative_sim = block_products(anchors, templates.embeddings, negative_ids, blocks_sorted=True)
-                log_negatives = (negative_sim / tau).logsumexp(dim=-1)
+                log_negatives = (negative_sim / tau if tau != 1 else negative_sim).logsumexp(dim=-1)
             else:
                 log_negatives = self._union_negatives(anchors, chunks, templates.embeddings, anchor_sets.union_share)
         if self.empty_negatives == "anchors":
