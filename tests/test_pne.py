@@ -555,3 +555,24 @@ def test_ablation_tables_are_pne_overrides(table):
         objective = PNEObjective(samples_per_set=8, **kwargs)  # PNE passes its arguments on by the same names
         objective.build(offline_context(model.feature_channels, model.num_classes))
         assert torch.isfinite(objective(outputs, labels)["pne"])
+
+
+def test_projection_head_is_conv_bn_relu_conv_with_channels_last_output():
+    """The head's last 1x1 conv runs as a per-image product (rows = pixels): the same values and gradients as the
+    convolutions written out, and embeddings whose pixels are contiguous rows (the loss gathers them without a
+    copy)."""
+    from segcentroids.nn import ProjectionHead
+
+    torch.manual_seed(0)
+    head = ProjectionHead(6, embed_dim=12)
+    x = torch.randn(2, 6, 5, 7, requires_grad=True)
+    ours = head(x)
+    first, norm, _, last = head
+    ref = F.conv2d(F.relu(norm(F.conv2d(x, first.weight))), last.weight, last.bias)
+    torch.testing.assert_close(ours, ref)
+    assert ours.shape == (2, 12, 5, 7) and ours.is_contiguous(memory_format=torch.channels_last)
+    weights = torch.randn_like(ref)
+    grads = torch.autograd.grad((ours * weights).sum(), [x, first.weight, last.weight, last.bias])
+    ref_grads = torch.autograd.grad((ref * weights).sum(), [x, first.weight, last.weight, last.bias])
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want)

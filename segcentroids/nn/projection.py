@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -18,5 +19,14 @@ class ProjectionHead(nn.Sequential):
         )
 
     def forward(self, features: Tensor) -> Tensor:
-        """`[B, C, h, w]` -> `[B, embed_dim, h, w]` (not normalised; the loss normalises)."""
-        return super().forward(features)
+        """`[B, C, h, w]` -> `[B, embed_dim, h, w]` (not normalised; the loss normalises), in channels-last memory.
+
+        The last 1x1 conv is one product per image with the pixels as rows, so the embeddings come out as a
+        `[B, h, w, D]` buffer viewed as `[B, D, h, w]`: a loss gathers pixels' embeddings as contiguous rows, with no
+        transposing copy (on a CPU, transposing a `[4, 256, 32, 32]` map costs more than the whole gather)."""
+        hidden = self[2](self[1](self[0](features)))
+        conv = self[3]
+        b, _, h, w = hidden.shape
+        weight = conv.weight.flatten(1).t().expand(b, -1, -1)  # [B, C, D]
+        rows = torch.baddbmm(conv.bias, hidden.flatten(2).transpose(1, 2), weight)  # [B, h*w, D]
+        return rows.view(b, h, w, -1).permute(0, 3, 1, 2)
