@@ -45,6 +45,30 @@ METHODS: dict[str, tuple[type[Baseline], dict]] = {
 }
 
 
+# The setting of this benchmark, for the scripts that profile or vary it (`profile_step.py`, `overheads.py`).
+SETTING = {"arch": "fpn", "encoder": "resnet18", "decoder_channels": 64, "size": 128, "batch": 4, "classes": 8,
+           "device": "cpu", "bf16": False, "channels_last": False}
+
+
+def use_setting(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with this benchmark's setting (`SETTING`), on one CPU thread."""
+    for key, value in SETTING.items():
+        setattr(args, key, value)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=".*self.log.*")
+    return args
+
+
+def emit(result: dict, table: str, json_path: str | None) -> dict:
+    """Prints the JSON, then the Markdown table; also writes the JSON to `json_path` if given."""
+    print(json.dumps(result, indent=2))
+    print(table)
+    if json_path:
+        with open(json_path, "w") as stream:
+            json.dump(result, stream, indent=2)
+    return result
+
+
 def build(method: type[Baseline], kwargs: dict, args: argparse.Namespace) -> Baseline:
     torch.manual_seed(0)
     segmodel = SegModel(arch=args.arch, encoder_name=args.encoder, encoder_weights=None,
@@ -252,12 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [measure(name, *METHODS[name], baseline, batch, args) for name in args.methods]
     result = {"setting": setting, "device_name": torch.cuda.get_device_name(args.device)
               if torch.device(args.device).type == "cuda" else "cpu", "rows": rows}
-    print(json.dumps(result, indent=2))
-    print(markdown(rows, setting))
-    if args.json:
-        with open(args.json, "w") as stream:
-            json.dump(result, stream, indent=2)
-    return result
+    return emit(result, markdown(rows, setting), args.json)
 
 
 if __name__ == "__main__":

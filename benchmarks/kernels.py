@@ -133,8 +133,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(1)
     shapes = PAPER_SHAPES if args.paper_shapes else SMALL_SHAPES
     ops = {"memory": memory_update, "pne": pne_loss, "pyramid": pyramid, "means": class_means}
-    rows = [ops[name](args.repeats, **shape) for name, cases in shapes.items() for shape in cases]
-    print(json.dumps(rows, indent=2))
+    rows = []
+    for name, cases in shapes.items():
+        for shape in cases:
+            rows.append(ops[name](args.repeats, **shape))
+            print(json.dumps(rows[-1]), flush=True)  # each row as it is measured (the paper shapes take minutes)
     print("| op | inputs | loop ms | vectorised ms | speed-up | max abs diff |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['op']} | {r['shape']} | {r['loop_ms']} | {r['vectorised_ms']} | {r['speedup']}x | "

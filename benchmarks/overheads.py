@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from cost import METHODS, build, infer, make_batch, peak_memory_mib, train_gflops, train_step
+from cost import METHODS, build, emit, infer, make_batch, peak_memory_mib, train_gflops, train_step, use_setting
 from timing import alternate
 
 import segcentroids.ops.blocks as blocks
@@ -125,18 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="also write the JSON here")
-    args = parser.parse_args(argv)
-    for key, value in {"arch": "fpn", "encoder": "resnet18", "decoder_channels": 64, "size": 128, "batch": 4,
-                       "classes": 8, "device": "cpu", "bf16": False, "channels_last": False}.items():
-        setattr(args, key, value)
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message=".*self.log.*")
+    args = use_setting(parser.parse_args(argv))
     result = measure(args)
-    print(json.dumps(result, indent=2))
-    print(markdown(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return result
+    return emit(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":

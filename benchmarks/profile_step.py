@@ -16,19 +16,15 @@ Prints JSON, then Markdown tables.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import defaultdict
-from pathlib import Path
 
-import torch
-from cost import METHODS, build, infer, make_batch, train_gflops, train_step
+from cost import METHODS, SETTING, build, emit, infer, make_batch, train_gflops, train_step, use_setting
 from torch.profiler import ProfilerActivity, profile
 
 from segcentroids.callbacks.run_recorder import inference_cost
 from segcentroids.methods import Baseline
 
-BATCH = 4  # images per step (the cost benchmark's setting)
 ARITHMETIC = re.compile(r"conv|^aten::(mm|bmm|addmm|baddbmm|addbmm|_grouped_mm|matmul|linear)$")
 MOVES = re.compile(r"^aten::(index|gather|scatter|copy_|cat|repeat|clone|contiguous|sort|nonzero|masked_select|take)")
 
@@ -91,7 +87,7 @@ def categories(base: dict[str, float], ours: dict[str, float], base_gflops: floa
             totals[category(op)][key] += ms
     for values in totals.values():
         values["extra_ms"] = values["method_ms"] - values["baseline_ms"]
-    arithmetic, images = totals["arithmetic"], BATCH
+    arithmetic, images = totals["arithmetic"], SETTING["batch"]
     extra_ms = arithmetic["extra_ms"]
     summary = {name: {key: round(value, 2) for key, value in values.items()} for name, values in totals.items()}
     summary["gflops_per_image"] = {"baseline": round(base_gflops, 3), "method": round(method_gflops, 3)}
@@ -125,18 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--json", help="also write the JSON here")
-    args = parser.parse_args(argv)
-    defaults = {"arch": "fpn", "encoder": "resnet18", "decoder_channels": 64, "size": 128, "batch": BATCH, "classes": 8,
-                "device": "cpu", "bf16": False, "channels_last": False}
-    for key, value in defaults.items():
-        setattr(args, key, value)
-    torch.set_num_threads(1)
+    args = use_setting(parser.parse_args(argv))
     result = compare(args.method, args)
-    print(json.dumps(result, indent=2))
-    print(markdown(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return result
+    return emit(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":

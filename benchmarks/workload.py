@@ -12,8 +12,8 @@ def blocky_labels(batch: int, size: int | tuple[int, int], classes: int, generat
     """`[batch, H, W]` labels (`size` = H = W, or `(H, W)`) of `block` x `block` regions of random classes; the top
     `ignore_rows` rows are ignore (255)."""
     height, width = (size, size) if isinstance(size, int) else size
-    blocks = torch.randint(0, classes, (batch, height // block, width // block), generator=generator)
-    labels = blocks.repeat_interleave(block, 1).repeat_interleave(block, 2)
+    blocks = torch.randint(0, classes, (batch, -(-height // block), -(-width // block)), generator=generator)
+    labels = blocks.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :height, :width]  # the last blocks cut
     labels[:, :ignore_rows] = 255
     return labels
 

@@ -142,7 +142,8 @@ class PNELoss(nn.Module):
 
     Called as `loss(embeddings [B, D, h, w], logits [B, K, h, w], labels [B, H, W] or [B, h, w], generator=None)`;
     labels are nearest-resampled to `h x w`, predictions are the argmax of `logits`. Embeddings are L2-normalised
-    here. Gradients reach the anchors only: positives, negatives, weights and the logits are detached.
+    here; channels-last embeddings (as `ProjectionHead` gives them) are read without a copy. Gradients reach the
+    anchors only: positives, negatives, weights and the logits are detached.
 
     Args:
         temperature: tau of Eq. 6-9.
