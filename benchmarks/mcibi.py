@@ -52,10 +52,11 @@ def memory_case(resolution: str, features: torch.Tensor, labels: torch.Tensor, n
         reference_memory, _ = loop_memory_update(start_memory, start_flags, features, labels, 0.5, "cosine", "label")
         run_loop()
         run_ours()
-    batch, _, size, _ = features.shape
+    batch, _, height, width = features.shape
     return {
         "benchmark": f"memory update ({resolution} resolution)",
-        "shape": f"B={batch} C={channels} K={num_classes} feat {size}^2 labels {labels.shape[-1]}^2",
+        "shape": f"B={batch} C={channels} K={num_classes} feat {height}x{width} labels "
+                 f"{labels.shape[-2]}x{labels.shape[-1]}",
         "loop_ms": 1e3 * times["loop"], "ours_ms": 1e3 * times["ours"],
         "speedup_vs_own_loop": times["loop"] / times["ours"],
         "max_abs_diff_vs_own_loop": float((ours.memory - loop["memory"]).abs().max()),
