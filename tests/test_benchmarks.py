@@ -60,7 +60,7 @@ def test_overheads_before_variants_switch_the_fixes_off_and_give_the_same_unity(
     from segcentroids.nn.pyramid_heads import UnityHead
     from segcentroids.ops import blocks
 
-    rows, templates = torch.zeros(2, 4, 8), torch.zeros(3, 8, 8)
+    rows, templates = torch.zeros(3, 4, 8), torch.zeros(3, 8, 8)
     with copied_templates():
         assert not blocks.grouped_path_applies(rows, templates)
     assert blocks.grouped_path_applies(rows, templates)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from segcentroids.losses import PNELoss
-from segcentroids.ops.blocks import grouped_path_applies
+from segcentroids.ops import blocks
 from tests.conftest import tiny_segmodel
 from tests.references import loop_pne_loss
 
@@ -212,10 +212,12 @@ OPTIONS = [
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 @pytest.mark.parametrize("samples_per_set,D", [(3, 5), (8, 8)])
-def test_matches_per_pair_loop(options, samples_per_set, D):
+def test_matches_per_pair_loop(options, samples_per_set, D, monkeypatch):
     """Value and gradient; the third case has a class never predicted right (empty negative sets). S = D = 8 takes
-    the grouped template products on a CPU (aligned rows), S = 3, D = 5 the copy + bmm path."""
-    assert grouped_path_applies(torch.zeros(1, 1, D), torch.zeros(1, samples_per_set, D)) == (D == 8)
+    the grouped template products on a CPU (aligned rows; counted below), S = 3, D = 5 the copy + bmm path."""
+    grouped_calls = []
+    product = blocks._GroupedProduct.apply
+    monkeypatch.setattr(blocks._GroupedProduct, "apply", lambda *a: grouped_calls.append(1) or product(*a))
     for seed in range(3):
         embeddings, logits, labels = random_case(seed, scale=2 if seed == 1 else 1, D=D,
                                                  never_right=3 if seed == 2 else None)
@@ -227,6 +229,22 @@ def test_matches_per_pair_loop(options, samples_per_set, D):
         assert ref.item() > 0  # the random cases do have qualifying sets
         ours.backward(), ref.backward()
         torch.testing.assert_close(ours_input.grad, ref_input.grad.float(), atol=1e-5, rtol=1e-4)
+    if D == 5:
+        assert not grouped_calls
+    elif options.get("individual_anchor_sets", True):  # IAS gives at least as many chunks as the B*K = 8 blocks
+        assert grouped_calls
+
+
+def test_channels_last_and_contiguous_embeddings_give_the_same_loss():
+    embeddings, logits, labels = random_case(0, D=8)
+    losses, grads = [], []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = embeddings.clone(memory_format=layout).requires_grad_()
+        loss = PNELoss(sampling="first", samples_per_set=8, max_anchor_set=None)(x, logits, labels)
+        loss.backward()
+        losses.append(loss), grads.append(x.grad)
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_loop_cases_exercise_both_eq9_readings():

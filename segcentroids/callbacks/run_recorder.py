@@ -46,7 +46,7 @@ def grouped_mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...], *args, 
 def flop_counter() -> Iterator[FlopCounterMode]:
     """`FlopCounterMode` with `F.scaled_dot_product_attention` on its math path (torch's counter has no formula for
     the fused CPU attention kernels and counts them as 0 FLOPs) and a formula for `F.grouped_mm`."""
-    mapping = {torch.ops.aten._grouped_mm: grouped_mm_flops}
+    mapping = {torch.ops.aten._grouped_mm: grouped_mm_flops} if hasattr(torch.ops.aten, "_grouped_mm") else {}
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         yield counter
 

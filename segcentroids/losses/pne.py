@@ -389,7 +389,7 @@ class PNELoss(nn.Module):
             if self.individual_anchor_sets:
                 # IAS + CN (Eq. 9): the set S_{l,k} is contrasted with N_{l,l}; chunks are ordered by (b, l, k)
                 negative_ids = chunks.image * sets.num_classes + chunks.pred
-                negative_sim = block_products(anchors, templates.embeddings, negative_ids, blocks_sorted=True)
+                negative_sim = block_products(anchors, templates.embeddings, negative_ids, ids_sorted=True)
                 log_negatives = (negative_sim / tau if tau != 1 else negative_sim).logsumexp(dim=-1)
             else:
                 log_negatives = self._union_negatives(anchors, chunks, templates.embeddings, anchor_sets.union_share)

@@ -19,11 +19,9 @@ class ProjectionHead(nn.Sequential):
         )
 
     def forward(self, features: Tensor) -> Tensor:
-        """`[B, C, h, w]` -> `[B, embed_dim, h, w]` (not normalised; the loss normalises), in channels-last memory.
-
-        The last 1x1 conv is one product per image with the pixels as rows, so the embeddings come out as a
-        `[B, h, w, D]` buffer viewed as `[B, D, h, w]`: a loss gathers pixels' embeddings as contiguous rows, with no
-        transposing copy (on a CPU, transposing a `[4, 256, 32, 32]` map costs more than the whole gather)."""
+        """`[B, C, h, w]` -> `[B, embed_dim, h, w]` (not normalised; the loss normalises), in channels-last memory:
+        the last 1x1 conv runs as one product per image with the pixels as rows (its weights, not its module call:
+        hooks on `self[3]` do not fire), so a loss gathers pixels as contiguous rows without a transposing copy."""
         hidden = self[2](self[1](self[0](features)))
         conv = self[3]
         b, _, h, w = hidden.shape

@@ -97,8 +97,8 @@ class UnityHead(nn.Module):
         unity = []
         for k, pooled in zip(self.cell_factors, average_pyramid(x_u, self.cell_factors)):
             centroid_score = F.conv2d(self.centroid(pooled), self.output.weight)  # [B, 1, h / k, w / k]
-            score = pixel_score - centroid_score.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
-            prob = torch.sigmoid(score.float())
+            centroid_score = centroid_score.float().repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+            prob = torch.sigmoid(pixel_score.float() - centroid_score)  # float32: no bf16 cancellation
             unity.append(-F.max_pool2d(-prob, k).squeeze(1))  # min pooling
         return unity
 
